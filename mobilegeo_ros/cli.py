@@ -1,0 +1,208 @@
+"""``mobilegeo``: the command line. Each verb is a thin call into the core.
+
+Verbs:
+  build-index MAP.tif --out INDEX_DIR [--config YAML]       tile pyramid + embeddings → faiss index directory
+  render MAP.tif --out DIR --n N --seed S [...]              synthetic drone views + poses.csv
+  localize --index INDEX_DIR IMAGE... [--json]               one fix per image
+  demo [--out DIR]                                           the README demo on real imagery (dgsamples)
+
+Expected user mistakes (missing or non-georeferenced files, bad config, mismatched model/index, unreadable images)
+print one line ``mobilegeo: error: ...`` and exit with status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from mobilegeo_ros.config import Config, ConfigError, from_dict, load_config
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user mistake reported as one line and exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'bad input', imported lazily so ``--help`` stays fast."""
+    from mobilegeo_ros.geo.raster import GeoError
+    from mobilegeo_ros.index.tile_index import IndexFileError, IndexMismatchError
+    from mobilegeo_ros.model.weights import ModelError
+
+    return (CliError, ConfigError, GeoError, IndexFileError, IndexMismatchError, ModelError, FileNotFoundError)
+
+
+def _config(path: str | None) -> Config:
+    return load_config(path)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def cmd_build_index(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.index.build import build_index
+
+    cfg = _config(args.config)
+    if args.kind:
+        cfg.index.kind = args.kind
+        cfg.validate()
+    out = build_index(Path(args.map), Path(args.out), cfg, progress=not args.quiet)
+    print(f"index written to {out}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.geo.render import render_dataset
+
+    cfg = _config(args.config)
+    if args.n < 1:
+        raise CliError("--n must be at least 1")
+    out = render_dataset(Path(args.map), Path(args.out), args.n, args.seed, cfg, altitude_m=args.altitude_m,
+                         max_yaw_deg=args.max_yaw_deg, max_tilt_deg=args.max_tilt_deg, progress=not args.quiet)
+    print(f"{args.n} views and poses.csv written to {out}")
+    return 0
+
+
+def _read_image(path: Path):
+    import cv2
+
+    if not path.is_file():
+        raise CliError(f"image {str(path)!r} does not exist")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise CliError(f"image {str(path)!r} is not a readable image (corrupt or unsupported format)")
+    return img[:, :, ::-1].copy()
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.index.tile_index import TileIndex
+    from mobilegeo_ros.localizer import Localizer, Priors
+
+    if not args.images:
+        raise CliError("no images given")
+    index_dir = Path(args.index)
+    # Settings come from the index (how it was built) unless a config file overrides them.
+    cfg = _config(args.config) if args.config else from_dict(TileIndex.read_info(index_dir)["config"])
+    images = [_read_image(Path(p)) for p in args.images]  # validate every file before any work
+    localizer = Localizer.from_files(index_dir, cfg)
+    priors = Priors(yaw_deg=args.yaw_deg, pitch_deg=args.pitch_deg, roll_deg=args.roll_deg,
+                    altitude_m=args.altitude_m, hfov_deg=args.hfov_deg)
+    for path, image in zip(args.images, images):
+        fix = localizer.localize([image], priors)
+        record = {"image": path, **fix.as_dict()}
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif fix.status == "fix":
+            print(f"{path}: fix lat {fix.lat:.7f} lon {fix.lon:.7f} ±{fix.sigma_m:.1f} m (1σ) "
+                  f"score {fix.score:.3f} heading {fix.heading_deg:.0f}°", flush=True)
+        else:
+            print(f"{path}: no_fix ({fix.reason})", flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.demo import default_cache_dir, format_table, run_demo
+
+    cfg = _config(args.config)
+    out = Path(args.out) if args.out else default_cache_dir() / "demo"
+    summary_path = run_demo(out, cfg, n_views=args.views, seed=args.seed, progress=not args.quiet)
+    summary = json.loads(summary_path.read_text())
+    print()
+    print(f"Localization on real imagery — {summary['dataset']}")
+    print(f"model: {summary['model_weights']}; heading: {summary['heading']} ({summary['rotations']} rotations); "
+          f"{summary['index_vectors']} index vectors")
+    print(format_table(summary))
+    print(f"recall@k: a retrieved tile is correct when the ground point under the image centre lies in it; errors are "
+          f"to the drone position. Total {summary['total_time_s']:.0f} s.")
+    print(f"report: {summary_path.parent} (summary.json, fixes.csv, track.png)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobilegeo",
+        description="Camera-only GNSS substitute for drones: build a satellite tile index from a GeoTIFF, render "
+                    "synthetic drone views, localize camera images against the index.",
+        epilog="Run 'mobilegeo VERB --help' for a verb's options. Config files: see config/localize.yaml.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="YAML", help="config file (map/model/index/estimator/render sections)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("build-index", help="cut a tile pyramid from a GeoTIFF and index its embeddings",
+                       description="Cut a tile pyramid (config map.tile_sizes_m, map.overlap) from a georeferenced "
+                                   "GeoTIFF orthophoto, embed every tile (and its rotated copies, index.heading) and "
+                                   "write a faiss index directory (index.faiss, tiles.npz, index.json).")
+    p.add_argument("map", metavar="MAP.tif", help="georeferenced orthophoto (any projected CRS; geographic is "
+                                                  "reprojected to UTM)")
+    p.add_argument("--out", required=True, metavar="INDEX_DIR", help="output index directory (written atomically)")
+    p.add_argument("--kind", choices=["flat", "ivf", "hnsw"], help="override index.kind")
+    common(p)
+    p.set_defaults(func=cmd_build_index)
+
+    p = sub.add_parser("render", help="render synthetic drone views from an orthophoto",
+                       description="Render N synthetic drone-camera images (pinhole camera, random position, "
+                                   "altitude, yaw, tilt, lighting) from an orthophoto, plus poses.csv with the true "
+                                   "pose of each (lat, lon, altitude, yaw/pitch/roll, easting/northing, CRS).")
+    p.add_argument("map", metavar="MAP.tif")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist or be empty)")
+    p.add_argument("--n", type=int, required=True, help="number of views")
+    p.add_argument("--seed", type=int, required=True, help="random seed (same seed, same views)")
+    p.add_argument("--altitude-m", type=float, help="fixed altitude above ground (default: render.altitude_m range)")
+    p.add_argument("--max-yaw-deg", type=float, help="yaw drawn in [-D, D] (default: render.max_yaw_deg)")
+    p.add_argument("--max-tilt-deg", type=float, help="pitch and roll drawn in [-T, T] (default: render.max_tilt_deg)")
+    common(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("localize", help="localize camera images against an index",
+                       description="Localize each image against the index; prints one line (or one JSON object "
+                                   "with --json: image, lat, lon, sigma_m, score, status, heading_deg, ...) per "
+                                   "image. Settings are those the index was built with unless --config is given.")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="camera images (JPEG/PNG)")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--yaw-deg", type=float, help="heading prior: compass direction of the image top edge")
+    p.add_argument("--pitch-deg", type=float, help="camera pitch prior (0 = nadir)")
+    p.add_argument("--roll-deg", type=float, help="camera roll prior")
+    p.add_argument("--altitude-m", type=float, help="altitude above ground prior (with --hfov-deg picks the tile "
+                                                    "scale; with attitude corrects the tilt offset)")
+    p.add_argument("--hfov-deg", type=float, help="camera horizontal field of view")
+    common(p)
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("demo", help="the README demo on real imagery (dgsamples)",
+                       description="Build an index from the dgsamples WorldView-2 orthophoto (Longmont CO), render "
+                                   "drone views from the WorldView-3 image of another date, localize them and print "
+                                   "recall@1/5/10 and the error in metres; writes summary.json, fixes.csv and "
+                                   "track.png.")
+    p.add_argument("--out", metavar="DIR", help="report directory (default: ~/.cache/mobilegeo/demo)")
+    p.add_argument("--views", type=int, default=40, help="number of drone views (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("mobilegeo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - expected user mistakes become one line; the rest re-raises
+        if isinstance(e, _user_errors()):
+            print(f"mobilegeo: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

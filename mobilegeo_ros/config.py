@@ -1,0 +1,327 @@
+"""One typed configuration for the node, the CLI and training.
+
+Every setting lives in a dataclass below, with its unit in the name (``_m``, ``_deg``, ``_px``, ``_s``) and a one-line
+description in ``metadata["help"]`` (the ROS node declares its parameters from these). YAML files are loaded with
+:func:`load_config`; unknown keys and ill-typed values fail loudly with :class:`ConfigError` naming the key.
+
+YAML layout (every section optional, every key optional)::
+
+    map:       {tile_sizes_m: [120, 180], overlap: 0.5, ...}
+    model:     {name: mobilenetv2_gem, weights: "", ...}
+    index:     {kind: flat, heading: gallery_rotations, ...}
+    estimator: {top_k: 10, ...}
+    render:    {image_width_px: 640, ...}
+
+A ROS parameter file (``localize_node: {ros__parameters: {...}}``) is accepted as well; there the sections are
+flattened with dots (``model.backend``), see :func:`flatten` / :func:`from_flat`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the key or file."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help text (used by ``--help`` and ROS parameter descriptors)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class MapConfig:
+    """How a GeoTIFF orthophoto is turned into satellite tiles."""
+
+    tile_sizes_m: list[float] = _f([120.0, 180.0], "ground footprints (side, metres) of the tile pyramid levels")
+    overlap: float = _f(0.5, "fraction of a tile shared with its neighbour (0 = no overlap, must be < 1)", min=0.0,
+                        max=0.95)
+    tile_px: int = _f(224, "side in pixels of each tile after resampling (the model input size)", min=32, max=1024)
+    stretch_percentiles: list[float] = _f([1.0, 99.0], "low/high percentiles of the 8-bit contrast stretch")
+    rgb_bands: list[int] = _f([], "1-based band numbers to use as R,G,B; empty = guess from the band count "
+                                  "(8-band WorldView: 5,3,2; 4-band: 3,2,1; 3-band: 1,2,3; 1-band: grey)")
+    pansharpen_with: str = _f("", "optional path of a higher-resolution panchromatic GeoTIFF of the same scene "
+                                  "(Brovey pansharpening of the multispectral map)")
+
+
+@dataclass
+class ModelConfig:
+    """The embedding network and its preprocessing."""
+
+    name: str = _f("mobilenetv2_gem", "embedding model: mobilenetv2_gem (ImageNet MobileNetV2 + GeM)")
+    weights: str = _f("", "weights file (safetensors or a torch state dict); empty = the shipped default")
+    input_px: int = _f(224, "square input size fed to the network, pixels", min=32, max=1024)
+    gem_p: float = _f(3.0, "GeM pooling exponent p (1 = average pooling, large = max pooling)", min=1.0, max=10.0)
+    backend: str = _f("torch", "inference backend: torch | onnxruntime | tensorrt")
+    device: str = _f("cpu", "torch device (cpu, cuda, cuda:0)")
+    num_threads: int = _f(2, "CPU threads for inference (0 = library default)", min=0, max=256)
+    batch_size: int = _f(32, "images per forward pass when embedding many images", min=1, max=4096)
+
+
+@dataclass
+class IndexConfig:
+    """The faiss tile index and how camera heading is handled."""
+
+    kind: str = _f("flat", "faiss index: flat (exact) | ivf (IVF-Flat, big maps) | hnsw (graph, big maps)")
+    heading: str = _f("gallery_rotations",
+                      "yaw handling: gallery_rotations (rotated tile copies) | query_rotations (rotate the query) "
+                      "| none (north-up views only)")
+    rotations: int = _f(8, "number of evenly spaced rotations (gallery copies or query copies)", min=1, max=72)
+    ivf_nlist: int = _f(0, "IVF lists; 0 = 4*sqrt(number of vectors)", min=0)
+    ivf_nprobe: int = _f(16, "IVF lists visited per query", min=1)
+    hnsw_m: int = _f(32, "HNSW graph degree", min=4, max=128)
+    hnsw_ef_search: int = _f(128, "HNSW search breadth", min=8)
+
+
+@dataclass
+class EstimatorConfig:
+    """Turning the top-k retrieved tiles into a position, a 1-sigma uncertainty and a fix/no-fix decision."""
+
+    top_k: int = _f(10, "tiles retrieved per query (after merging rotations)", min=1, max=1000)
+    cluster_radius_m: float = _f(0.0, "matches within this distance of the best one vote for it; 0 = the smallest "
+                                      "tile size", min=0.0)
+    softmax_temperature: float = _f(0.02, "temperature turning cosine scores into match weights", min=1e-4)
+    min_score: float = _f(0.3, "no fix below this cosine similarity of the best match", min=-1.0, max=1.0)
+    min_margin: float = _f(0.0, "no fix if the best cluster's weight share minus the next one is below this",
+                           min=0.0, max=1.0)
+    min_cluster_weight: float = _f(0.35, "no fix if the winning cluster holds less than this share of the weight",
+                                   min=0.0, max=1.0)
+    sigma_floor_m: float = _f(0.0, "smallest reported 1-sigma; 0 = a quarter of the matched tile size", min=0.0)
+    sigma_scale: float = _f(1.0, "multiplier on the reported 1-sigma (calibration)", min=0.1, max=100.0)
+
+
+@dataclass
+class RenderConfig:
+    """Synthetic drone camera views rendered from an orthophoto."""
+
+    image_width_px: int = _f(640, "rendered image width, pixels", min=16, max=8192)
+    image_height_px: int = _f(480, "rendered image height, pixels", min=16, max=8192)
+    hfov_deg: float = _f(70.0, "horizontal field of view of the pinhole camera, degrees", min=5.0, max=150.0)
+    altitude_m: list[float] = _f([100.0, 150.0], "altitude above ground range [min, max], metres")
+    max_yaw_deg: float = _f(180.0, "yaw drawn uniformly in [-max, max], degrees clockwise from north", min=0.0,
+                            max=180.0)
+    max_tilt_deg: float = _f(15.0, "pitch and roll drawn uniformly in [-max, max], degrees", min=0.0, max=60.0)
+    brightness: float = _f(0.25, "max relative brightness change", min=0.0, max=1.0)
+    contrast: float = _f(0.25, "max relative contrast change", min=0.0, max=1.0)
+    blur_sigma_px: float = _f(1.0, "max Gaussian blur sigma, pixels", min=0.0, max=10.0)
+    noise_std: float = _f(4.0, "max additive Gaussian noise std, 8-bit levels", min=0.0, max=64.0)
+    jpeg_quality: list[int] = _f([60, 95], "JPEG re-encoding quality range [min, max]; [] = no JPEG")
+
+
+@dataclass
+class NodeConfig:
+    """ROS 2 node settings (topics, window, timeouts, flight-stack bridges). Used only by mobilegeo_ros/ros/."""
+
+    window_size: int = _f(5, "views kept in the sliding window", min=1, max=64)
+    window_s: float = _f(2.0, "views older than this are dropped from the window, seconds", min=0.0)
+    stale_timeout_s: float = _f(1.0, "no image for this long: status NO_FIX and diagnostics STALE, seconds",
+                                min=0.05)
+
+
+@dataclass
+class Config:
+    """The whole configuration."""
+
+    map: MapConfig = field(default_factory=MapConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+    def validate(self) -> Config:
+        """Check cross-field constraints and choices; returns self or raises :class:`ConfigError`."""
+        choices = {
+            "model.backend": (self.model.backend, ("torch", "onnxruntime", "tensorrt")),
+            "model.name": (self.model.name, ("mobilenetv2_gem",)),
+            "index.kind": (self.index.kind, ("flat", "ivf", "hnsw")),
+            "index.heading": (self.index.heading, ("gallery_rotations", "query_rotations", "none")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+        if not self.map.tile_sizes_m or any(s <= 0 for s in self.map.tile_sizes_m):
+            raise ConfigError("map.tile_sizes_m: needs at least one positive size in metres")
+        lo, hi = self._pair("map.stretch_percentiles", self.map.stretch_percentiles)
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError("map.stretch_percentiles: need 0 <= low < high <= 100")
+        if self.map.rgb_bands and (len(self.map.rgb_bands) != 3 or min(self.map.rgb_bands) < 1):
+            raise ConfigError("map.rgb_bands: give three 1-based band numbers, e.g. [5, 3, 2]")
+        a0, a1 = self._pair("render.altitude_m", self.render.altitude_m)
+        if not 0 < a0 <= a1:
+            raise ConfigError("render.altitude_m: need 0 < min <= max")
+        if self.render.jpeg_quality:
+            q0, q1 = self._pair("render.jpeg_quality", self.render.jpeg_quality)
+            if not 1 <= q0 <= q1 <= 100:
+                raise ConfigError("render.jpeg_quality: need 1 <= min <= max <= 100")
+        for section in dataclasses.fields(self):
+            obj = getattr(self, section.name)
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                lo_, hi_ = f.metadata.get("min"), f.metadata.get("max")
+                if lo_ is not None and value < lo_ or hi_ is not None and value > hi_:
+                    raise ConfigError(f"{section.name}.{f.name}: {value!r} is outside [{lo_}, {hi_}]")
+        return self
+
+    @staticmethod
+    def _pair(key: str, values: list) -> tuple:
+        if len(values) != 2:
+            raise ConfigError(f"{key}: expected two values [min, max], got {values!r}")
+        return values[0], values[1]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading and type checking
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the type hint ``hint``; ints are accepted for floats. Raises ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (list, typing.List):  # noqa: UP006
+        (item_hint,) = typing.get_args(hint)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_hint) for i, v in enumerate(value)]
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, vars(__import__(cls.__module__, fromlist=["_"])))
+
+
+def _update(obj: Any, data: dict, prefix: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = _hints(type(obj))
+    known = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown key {path!r}; known keys here: {', '.join(sorted(known))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _update(current, value, f"{path}.")
+        else:
+            setattr(obj, key, _coerce(path, value, hints[key]))
+
+
+def from_dict(data: dict | None) -> Config:
+    """Build a validated :class:`Config` from nested dicts (YAML layout)."""
+    cfg = Config()
+    _update(cfg, data or {}, "")
+    return cfg.validate()
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"section.key": value}`` for every setting (used for ROS parameters)."""
+    out: dict[str, Any] = {}
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        for f in dataclasses.fields(obj):
+            out[f"{section.name}.{f.name}"] = getattr(obj, f.name)
+    return out
+
+
+def describe() -> dict[str, dict[str, Any]]:
+    """``{"section.key": {"help", "type", "min", "max"}}`` for every setting."""
+    out: dict[str, dict[str, Any]] = {}
+    cfg = Config()
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        hints = _hints(type(obj))
+        for f in dataclasses.fields(obj):
+            out[f"{section.name}.{f.name}"] = {"type": hints[f.name], **f.metadata}
+    return out
+
+
+def from_flat(values: dict[str, Any]) -> Config:
+    """Inverse of :func:`flatten`: ``{"model.backend": "torch"}`` -> Config (unknown keys fail)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, dot, name = key.partition(".")
+        if not dot:
+            raise ConfigError(f"unknown key {key!r}: expected 'section.name'")
+        nested.setdefault(section, {})[name] = value
+    return from_dict(nested)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a YAML config file (nested layout or a ROS parameter file); ``None`` gives the defaults."""
+    if path is None:
+        return Config().validate()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: top level must be a mapping")
+    # ROS parameter file: {node_name: {ros__parameters: {...}}}; take the first node's parameters.
+    ros_params = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
+    if ros_params:
+        params = ros_params[0]
+        core_keys = {k: v for k, v in _flatten_yaml(params).items() if k.split(".")[0] in _SECTIONS}
+        try:
+            return from_flat(core_keys)
+        except ConfigError as e:
+            raise ConfigError(f"config file {str(p)!r}: {e}") from None
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"config file {str(p)!r}: {e}") from None
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(Config)}
+
+
+def _flatten_yaml(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested or dotted ROS parameter dicts -> dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_yaml(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dict (YAML layout) of a config."""
+    return dataclasses.asdict(cfg)
+
+
+__all__ = [
+    "Config", "ConfigError", "EstimatorConfig", "IndexConfig", "MapConfig", "ModelConfig", "NodeConfig", "RenderConfig",
+    "describe", "flatten", "from_dict", "from_flat", "load_config", "to_dict",
+]

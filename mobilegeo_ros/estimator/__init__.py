@@ -1,0 +1,1 @@
+"""Position estimation: retrieval → position + covariance + status (:mod:`.retrieval`); temporal filter (:mod:`.kalman`)."""

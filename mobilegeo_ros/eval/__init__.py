@@ -1,0 +1,1 @@
+"""Evaluation: localization metrics and reports (:mod:`.localization`)."""

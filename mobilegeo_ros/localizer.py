@@ -1,0 +1,273 @@
+"""The localization pipeline shared by the CLI and the ROS node: views → embedding → tile index → fix.
+
+``Localizer.localize(images, priors)`` takes one or more camera views (a sliding window; RGB uint8 H×W×3), prunes
+redundant views (:func:`mobilegeo_ros.msrm.select_views`), fuses their embeddings, retrieves the top-k tiles, and
+turns them into a :class:`Fix` with :func:`mobilegeo_ros.estimator.retrieval.estimate`.
+
+Query preprocessing: the central square of the image is used (the index tiles are square); its ground side is known
+when the altitude and field of view are, which selects the closest pyramid level.
+
+Heading (``index.heading``):
+* ``gallery_rotations``: the index holds rotated copies of each tile; a yaw prior keeps only the copies within half a
+  rotation step of it, otherwise all copies compete and the best copy's rotation estimates the heading;
+* ``query_rotations``: the index is north-up; the query is rotated to north-up with the yaw prior, or, without one,
+  ``index.rotations`` rotated copies of the query are searched and the best is kept;
+* ``none``: north-up views only.
+
+Priors (all optional): attitude (yaw/pitch/roll, degrees, from the IMU) and altitude above ground (metres) move the
+estimate from the ground point under the image centre to the point under the drone; a prior position with a radius
+bounds the search.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pyproj import CRS, Transformer
+
+from mobilegeo_ros.config import Config
+from mobilegeo_ros.estimator.retrieval import RetrievalEstimate, estimate
+from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground
+from mobilegeo_ros.index.tile_index import TileIndex, group_by_tile
+from mobilegeo_ros.model import EmbeddingModel, load_model
+
+
+@dataclass
+class Priors:
+    """Optional side information for one query (degrees, metres, WGS84)."""
+
+    yaw_deg: float | None = None  # compass heading of the image top edge
+    pitch_deg: float | None = None
+    roll_deg: float | None = None
+    altitude_m: float | None = None  # above ground
+    hfov_deg: float | None = None  # horizontal field of view of the camera (camera_info), for the footprint
+    lat: float | None = None  # prior position (e.g. the last GNSS fix) ...
+    lon: float | None = None
+    radius_m: float | None = None  # ... and how far from it the camera can be
+
+    def finite(self, name: str) -> float | None:
+        value = getattr(self, name)
+        return float(value) if value is not None and math.isfinite(value) else None
+
+
+@dataclass
+class Fix:
+    """One localization result. Positions in the index's map CRS (metres) and WGS84 (degrees)."""
+
+    status: str  # "fix" | "no_fix"
+    lat: float
+    lon: float
+    easting: float
+    northing: float
+    sigma_m: float  # 1-sigma horizontal error, metres
+    cov_en: np.ndarray  # 2×2 covariance (east, north), m²
+    score: float  # cosine similarity of the best tile
+    heading_deg: float | None  # compass heading of the image top edge (from the match or the prior)
+    reason: str = ""
+    tile_id: int = -1
+    latency_s: float = 0.0
+    views_used: int = 0
+    retrieval: RetrievalEstimate | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly summary."""
+        return {
+            "status": self.status, "lat": self.lat, "lon": self.lon, "easting": self.easting,
+            "northing": self.northing, "sigma_m": self.sigma_m, "score": self.score, "heading_deg": self.heading_deg,
+            "tile_id": self.tile_id, "views_used": self.views_used, "latency_ms": 1e3 * self.latency_s,
+            "reason": self.reason,
+        }
+
+
+def center_square(image: np.ndarray) -> np.ndarray:
+    """The central square crop of an H×W×3 image (side min(H, W))."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    return image[y0:y0 + s, x0:x0 + s]
+
+
+def rotate_to_heading(square: np.ndarray, yaw_deg: float, target_deg: float = 0.0) -> np.ndarray:
+    """Rotate a square view whose top edge points at compass heading ``yaw_deg`` so that it points at ``target_deg``.
+
+    Turning the heading of the top edge clockwise by Δ means turning the image content counter-clockwise by Δ on
+    screen, which is a positive angle for ``cv2.getRotationMatrix2D``. Borders are reflected.
+    """
+    s = square.shape[0]
+    delta = target_deg - yaw_deg
+    m = cv2.getRotationMatrix2D((s / 2.0, s / 2.0), delta, 1.0)
+    return cv2.warpAffine(square, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+class Localizer:
+    """Camera views → :class:`Fix`. Thread-compatible: one call at a time per instance."""
+
+    def __init__(self, index: TileIndex, model: EmbeddingModel, cfg: Config):
+        self.index, self.model, self.cfg = index, model, cfg
+        cols = index.columns
+        self._e, self._n = cols["center_e"], cols["center_n"]
+        self._size, self._rot = cols["size_m"], cols["rotation_deg"]
+        self._tile_id = cols["tile_id"]
+        crs = CRS.from_wkt(index.crs_wkt)
+        self._to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        self._from_wgs84 = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+        lon, lat = self._to_wgs84.transform(
+            (self._e.min() + self._e.max()) / 2.0, (self._n.min() + self._n.max()) / 2.0
+        )
+        self.origin_lat, self.origin_lon = float(lat), float(lon)
+        self._levels = np.unique(self._size)
+
+    @classmethod
+    def from_files(cls, index_dir: str | Path, cfg: Config) -> Localizer:
+        """Load the model named by ``cfg.model`` and the index at ``index_dir``; refuse a model/index mismatch."""
+        model = load_model(cfg.model)
+        index = TileIndex.load(index_dir, expected_identity=model.identity())
+        return cls(index, model, cfg)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        """Embed the central squares of camera views: list of H×W×3 uint8 RGB → N×D float32 (north-up unknown)."""
+        return self.model.embed([center_square(im) for im in images])
+
+    def localize(self, images: list[np.ndarray], priors: Priors | None = None) -> Fix:
+        """Localize one window of views (all assumed to see about the same place; the newest is last)."""
+        t0 = time.perf_counter()
+        priors = priors or Priors()
+        if not images:
+            raise ValueError("localize() needs at least one image")
+        heading = self.cfg.index.heading
+        yaw = priors.finite("yaw_deg")
+        if heading == "query_rotations":
+            squares = [center_square(im) for im in images]
+            angles = [yaw] if yaw is not None else list(np.arange(self.cfg.index.rotations) * 360.0
+                                                         / self.cfg.index.rotations)
+            # One fused query per candidate heading: every view rotated as if its top edge pointed north.
+            queries = np.stack([
+                self._fuse(self.model.embed([rotate_to_heading(sq, a) for sq in squares])) for a in angles
+            ])
+            fix = self._localize_queries(queries, priors, query_angles=angles)
+        else:
+            fix = self._localize_queries(self._fuse(self.embed(images))[None], priors)
+        fix.latency_s = time.perf_counter() - t0
+        fix.views_used = len(images)
+        return fix
+
+    def localize_embeddings(self, embeddings: np.ndarray, priors: Priors | None = None) -> Fix:
+        """Localize from already computed view embeddings (N×D; rows from :meth:`embed`)."""
+        t0 = time.perf_counter()
+        if self.cfg.index.heading == "query_rotations":
+            raise ValueError("index.heading=query_rotations needs the images: call localize()")
+        fix = self._localize_queries(self._fuse(np.asarray(embeddings, np.float32))[None], priors or Priors())
+        fix.latency_s = time.perf_counter() - t0
+        fix.views_used = len(embeddings)
+        return fix
+
+    # ---------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _fuse(embeddings: np.ndarray) -> np.ndarray:
+        """Multi-view fusion: MSRM-selected views averaged and re-normalised → D."""
+        from mobilegeo_ros.msrm import select_views
+
+        if len(embeddings) > 1:
+            embeddings = embeddings[select_views(embeddings, len(embeddings))]
+        v = embeddings.mean(0)
+        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+    def _allowed_rows(self, priors: Priors, query_angle: float | None) -> np.ndarray | None:
+        """Boolean mask of index rows compatible with the priors, or None when everything is allowed."""
+        mask = np.ones(len(self._e), bool)
+        yaw = priors.finite("yaw_deg")
+        if self.cfg.index.heading == "gallery_rotations" and yaw is not None and self.cfg.index.rotations > 1:
+            step = 360.0 / self.cfg.index.rotations
+            diff = np.abs((self._rot - yaw + 180.0) % 360.0 - 180.0)
+            mask &= diff <= step / 2.0 + 1e-6
+        side = self._footprint_m(priors)
+        if side is not None and len(self._levels) > 1:
+            # Keep the pyramid level(s) closest in scale to what the camera sees.
+            ratio = np.abs(np.log(self._levels / side))
+            keep = self._levels[ratio <= ratio.min() + math.log(1.25)]
+            mask &= np.isin(self._size, keep)
+        lat, lon, radius = priors.finite("lat"), priors.finite("lon"), priors.finite("radius_m")
+        if lat is not None and lon is not None and radius is not None:
+            e0, n0 = self._from_wgs84.transform(lon, lat)
+            mask &= np.hypot(self._e - e0, self._n - n0) <= radius + self._size / 2.0
+        return None if mask.all() else mask
+
+    def _footprint_m(self, priors: Priors) -> float | None:
+        """Ground side (m) of the central square of a nadir view, from altitude and field of view."""
+        alt, hfov = priors.finite("altitude_m"), priors.finite("hfov_deg")
+        if alt is None or hfov is None:
+            return None
+        # The central square spans the image height; a 4:3 default aspect is assumed when only hfov is known.
+        aspect = 0.75
+        vfov = 2.0 * math.atan(math.tan(math.radians(hfov) / 2.0) * aspect)
+        return 2.0 * alt * math.tan(vfov / 2.0)
+
+    def _search(self, query: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k distinct tiles for one query (D,) restricted to ``mask`` → (scores, rows) of the best copies."""
+        k = self.cfg.estimator.top_k
+        n = self.index.ntotal
+        copies = self.cfg.index.rotations if self.cfg.index.heading == "gallery_rotations" else 1
+        kk = min(n, k * copies * 4)
+        while True:
+            scores, rows = self.index.search(query[None], kk)
+            scores, rows = scores[0], rows[0]
+            if mask is not None:
+                ok = rows >= 0
+                ok[ok] = mask[rows[ok]]
+                scores, rows = scores[ok], rows[ok]
+            merged = group_by_tile(self._tile_id, scores, rows, k)
+            if len(merged[0]) >= k or kk >= n:
+                return merged
+            kk = min(n, kk * 4)
+
+    def _localize_queries(self, queries: np.ndarray, priors: Priors,
+                          query_angles: list[float] | None = None) -> Fix:
+        """Search each query (Q×D; Q > 1 only for query rotations) and estimate from the best-scoring one."""
+        best: tuple[float, np.ndarray, np.ndarray, float | None] | None = None
+        for qi, q in enumerate(queries):
+            angle = query_angles[qi] if query_angles else None
+            scores, rows = self._search(q, self._allowed_rows(priors, angle))
+            if len(scores) and (best is None or scores[0] > best[0]):
+                best = (float(scores[0]), scores, rows, angle)
+        if best is None:
+            est = estimate(np.zeros(0), np.zeros(0, np.int64), *([np.zeros(0)] * 4), self.cfg.estimator)
+        else:
+            _, scores, rows, angle = best
+            rot = self._rot[rows] if angle is None else np.full(len(rows), angle)
+            est = estimate(scores, rows, self._e[rows], self._n[rows], self._size[rows], rot, self.cfg.estimator)
+        return self._to_fix(est, priors)
+
+    def _to_fix(self, est: RetrievalEstimate, priors: Priors) -> Fix:
+        heading = priors.finite("yaw_deg")
+        if heading is None:
+            heading = est.heading_deg
+        e, n = est.easting, est.northing
+        alt = priors.finite("altitude_m")
+        if est.status == "fix" and alt is not None and heading is not None:
+            # The match locates the ground under the image centre; the drone is offset from it by its tilt.
+            de, dn = image_to_ground(
+                CameraPose(0.0, 0.0, alt, heading, priors.finite("pitch_deg") or 0.0,
+                           priors.finite("roll_deg") or 0.0),
+                _UNIT_CAMERA, _UNIT_CAMERA.width_px / 2.0, _UNIT_CAMERA.height_px / 2.0,
+            )
+            e, n = e - float(de), n - float(dn)
+        if math.isfinite(e) and math.isfinite(n):
+            lon, lat = self._to_wgs84.transform(e, n)
+        else:
+            lat = lon = float("nan")
+        tile_id = int(self._tile_id[est.best_row]) if est.best_row >= 0 else -1
+        return Fix(
+            status=est.status, lat=float(lat), lon=float(lon), easting=e, northing=n,
+            sigma_m=est.sigma_m if est.status == "fix" else float("nan"), cov_en=est.cov_en, score=est.score,
+            heading_deg=heading, reason=est.reason, tile_id=tile_id, retrieval=est,
+        )
+
+
+# Only the ray through the principal point is used for the tilt offset, so any intrinsics do.
+_UNIT_CAMERA = CameraModel(width_px=100, height_px=100, hfov_deg=60.0)

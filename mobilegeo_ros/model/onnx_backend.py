@@ -1,0 +1,147 @@
+"""ONNX Runtime backend: the torch module exported once to ONNX (cached), then run with onnxruntime.
+
+The export is cached under ``$MOBILEGEO_CACHE_DIR/onnx`` (default ``$XDG_CACHE_HOME/mobilegeo_ros/onnx`` or
+``~/.cache/mobilegeo_ros/onnx``), keyed by the sha256 of the weights file bytes, the input size, the GeM exponent and
+:data:`EXPORT_VERSION`. Next to each ``.onnx`` file a ``.json`` holds the model identity, so a cache hit starts
+without importing torch or loading the weights into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mobilegeo_ros.config import ModelConfig
+from mobilegeo_ros.model.base import EmbeddingModel, ModelError
+from mobilegeo_ros.model.weights import file_sha256, shipped_mobilenetv2_path
+
+log = logging.getLogger(__name__)
+
+# Bump when the exported graph changes (module code, opset, input/output names) so stale caches are not reused.
+EXPORT_VERSION = 1
+OPSET = 17
+INPUT_NAME = "images"
+OUTPUT_NAME = "embeddings"
+
+
+def cache_dir() -> Path:
+    """Folder for exported ONNX models (see module docstring)."""
+    env = os.environ.get("MOBILEGEO_CACHE_DIR")
+    if env:
+        return Path(env) / "onnx"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mobilegeo_ros" / "onnx"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_onnx(model_cfg: ModelConfig, out_dir: Path | None = None) -> tuple[Path, dict]:
+    """Export (or find in the cache) the ONNX graph of ``model_cfg``'s torch model.
+
+    Returns ``(onnx_path, identity)``. The graph takes ``images`` (B×3×input_px×input_px float32, dynamic B) and
+    returns ``embeddings`` (B×D float32, unit rows).
+    """
+    weights = Path(model_cfg.weights) if model_cfg.weights else shipped_mobilenetv2_path()
+    if not weights.is_file():
+        raise ModelError(f"weights file {str(weights)!r} does not exist")
+    key_src = json.dumps({"model": model_cfg.name, "weights_file_sha256": file_sha256(weights),
+                          "input_px": model_cfg.input_px, "gem_p": model_cfg.gem_p, "export": EXPORT_VERSION,
+                          "opset": OPSET}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    folder = Path(out_dir) if out_dir is not None else cache_dir()
+    onnx_path = folder / f"{model_cfg.name}-{key}.onnx"
+    meta_path = onnx_path.with_suffix(".json")
+    if onnx_path.is_file() and meta_path.is_file():
+        try:
+            return onnx_path, json.loads(meta_path.read_text())["identity"]
+        except (ValueError, KeyError, OSError):
+            log.warning("ONNX cache entry %s is unreadable; exporting again", meta_path)
+
+    import torch
+
+    from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM
+
+    cpu_cfg = ModelConfig(**{**vars(model_cfg), "device": "cpu"})
+    torch_model = MobileNetV2GeM(cpu_cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        dummy = torch.zeros(1, 3, model_cfg.input_px, model_cfg.input_px, dtype=torch.float32)
+        torch.onnx.export(torch_model.module, (dummy,), tmp, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        identity = torch_model.identity()
+        # The identity sidecar goes in first: a visible .onnx always has its .json.
+        _atomic_write_bytes(meta_path, json.dumps({"identity": identity, "key": json.loads(key_src)},
+                                                  indent=2).encode())
+        os.replace(tmp, onnx_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("exported %s to %s", model_cfg.name, onnx_path)
+    return onnx_path, identity
+
+
+class OnnxRuntimeModel(EmbeddingModel):
+    """ONNX Runtime backend of ``mobilenetv2_gem``; same identity (hence same indexes) as the torch backend."""
+
+    def __init__(self, model_cfg: ModelConfig | None = None, onnx_dir: Path | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelError("model.backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime") \
+                from None
+        cfg = model_cfg if model_cfg is not None else ModelConfig()
+        self.name = cfg.name
+        self.input_px = int(cfg.input_px)
+        self.batch_size = int(cfg.batch_size)
+        self.onnx_path, self._identity = export_onnx(cfg, onnx_dir)
+        self.dim = int(self._identity["dim"])
+        opts = ort.SessionOptions()
+        if cfg.num_threads > 0:
+            opts.intra_op_num_threads = cfg.num_threads
+            opts.inter_op_num_threads = 1
+        if cfg.device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif cfg.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ModelError(f"model.device: {cfg.device!r} requested but this onnxruntime build has no "
+                                 "CUDAExecutionProvider (install onnxruntime-gpu)")
+            dev_id = int(cfg.device.partition(":")[2] or 0)
+            providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+        else:
+            raise ModelError(f"model.device: {cfg.device!r} is not supported by the onnxruntime backend "
+                             "(use cpu or cuda[:N])")
+        try:
+            self.session = ort.InferenceSession(str(self.onnx_path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+            raise ModelError(f"ONNX model {str(self.onnx_path)!r} could not be loaded: {e}") from None
+
+    def identity(self) -> dict:
+        return json.loads(json.dumps(self._identity))
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+__all__ = ["EXPORT_VERSION", "OnnxRuntimeModel", "cache_dir", "export_onnx"]
