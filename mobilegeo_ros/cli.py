@@ -18,7 +18,9 @@ import math
 import sys
 from pathlib import Path
 
-from mobilegeo_ros.config import Config, ConfigError, from_dict, load_config
+import numpy as np
+
+from mobilegeo_ros.config import Config, ConfigError, load_config
 
 EXIT_USAGE = 2
 
@@ -66,27 +68,33 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: Path):
+    """An image file → H×W×3 uint8 RGB; JPEG/PNG are validated (truncation, header size) before decoding."""
     import cv2
+
+    from mobilegeo_ros.io.images import ImageDecodeError, decode_compressed
 
     if not path.is_file():
         raise CliError(f"image {str(path)!r} does not exist")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    data = path.read_bytes()
+    if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
+        try:
+            return decode_compressed(path.suffix, data)
+        except ImageDecodeError as e:
+            raise CliError(f"image {str(path)!r}: {e}") from None
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # other formats OpenCV knows (TIFF, BMP, ...)
     if img is None or img.size == 0:
         raise CliError(f"image {str(path)!r} is not a readable image (corrupt or unsupported format)")
-    return img[:, :, ::-1].copy()
+    return np.ascontiguousarray(img[:, :, ::-1])
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
-    from mobilegeo_ros.index.tile_index import TileIndex
     from mobilegeo_ros.localizer import Localizer, Priors
 
     if not args.images:
         raise CliError("no images given")
-    index_dir = Path(args.index)
-    # Settings come from the index (how it was built) unless a config file overrides them.
-    cfg = _config(args.config) if args.config else from_dict(TileIndex.read_info(index_dir)["config"])
     images = [_read_image(Path(p)) for p in args.images]  # validate every file before any work
-    localizer = Localizer.from_files(index_dir, cfg)
+    # Settings come from the index (how it was built) unless a config file overrides them.
+    localizer = Localizer.from_files(Path(args.index), _config(args.config) if args.config else None)
     priors = Priors(yaw_deg=args.yaw_deg, pitch_deg=args.pitch_deg, roll_deg=args.roll_deg,
                     altitude_m=args.altitude_m, hfov_deg=args.hfov_deg)
     for path, image in zip(args.images, images):

@@ -122,9 +122,55 @@ class NodeConfig:
     """ROS 2 node settings (topics, window, timeouts, flight-stack bridges). Used only by mobilegeo_ros/ros/."""
 
     window_size: int = _f(5, "views kept in the sliding window", min=1, max=64)
-    window_s: float = _f(2.0, "views older than this are dropped from the window, seconds", min=0.0)
+    window_s: float = _f(2.0, "views older than this (image stamps) leave the window, seconds; 0 = no age limit",
+                         min=0.0)
+    max_views: int = _f(3, "views fused per fix after redundancy pruning (msrm.select_views)", min=1, max=64)
+    max_view_similarity: float = _f(0.995, "a view more similar than this (cosine) to a kept view is pruned as "
+                                           "redundant", min=-1.0, max=1.0)
     stale_timeout_s: float = _f(1.0, "no image for this long: status NO_FIX and diagnostics STALE, seconds",
                                 min=0.05)
+    diagnostics_period_s: float = _f(1.0, "period of /diagnostics (and of NO_FIX while stale), seconds", min=0.05,
+                                     max=60.0)
+    qos_reliable: bool = _f(False, "subscribe to images and priors with RELIABLE QoS (default: SensorDataQoS, best "
+                                   "effort)")
+    qos_depth: int = _f(5, "subscription queue depth (the node itself keeps only the latest frame)", min=1,
+                        max=1000)
+    max_image_pixels: int = _f(8192 * 8192, "larger images are rejected before decoding, pixels", min=1)
+    map_frame: str = _f("map", "frame_id of ~/pose and ~/velocity (local ENU anchored at the index origin, REP-105)")
+    prior_timeout_s: float = _f(2.0, "imu/altitude/gnss_prior messages older than this are ignored, seconds",
+                                min=0.0)
+    use_imu_tilt: bool = _f(False, "use the IMU pitch/roll as camera tilt (camera rigidly fixed looking down); "
+                                   "false = gimballed nadir camera (tilt 0)")
+    camera_yaw_offset_deg: float = _f(0.0, "compass angle from the body forward axis to the image top edge, "
+                                           "degrees clockwise", min=-180.0, max=180.0)
+    gnss_prior_radius_m: float = _f(300.0, "search radius around a gnss_prior fix (grown by its 3-sigma), metres",
+                                    min=1.0)
+    ground_alt_m: float = _f(0.0, "ground height above the WGS84 ellipsoid; published altitude = altitude prior + "
+                                  "this, metres")
+    filter_enabled: bool = _f(True, "smooth fixes with the constant-velocity Kalman filter (outlier gate, "
+                                    "velocity); false publishes raw fixes")
+    filter_accel_psd: float = _f(2.0, "Kalman process noise: acceleration spectral density, m^2/s^3", min=1e-6,
+                                 max=1e4)
+    filter_gate_probability: float = _f(0.999, "Mahalanobis gate: chi-square (2 dof) probability; fixes outside "
+                                               "are rejected", min=0.5, max=0.999999)
+    filter_max_rejections: int = _f(3, "consecutive rejected fixes before the filter resets on the new one",
+                                    min=1, max=1000)
+    filter_max_gap_s: float = _f(5.0, "a longer gap between fixes resets the filter, seconds", min=0.01)
+    satellites_reported: int = _f(12, "satellite count sent to the flight stack with a fix (a camera fix has none)",
+                                  min=0, max=64)
+    hdop_uere_m: float = _f(5.0, "HDOP sent = 1-sigma horizontal error / this, metres", min=0.1, max=100.0)
+    nmea_enabled: bool = _f(False, "send NMEA 0183 GGA + RMC + GST for every fix")
+    nmea_host: str = _f("127.0.0.1", "NMEA UDP destination host (only this host:port receives datagrams)")
+    nmea_port: int = _f(25100, "NMEA UDP destination port", min=1, max=65535)
+    nmea_serial_device: str = _f("", "serial device for NMEA instead of UDP (e.g. /dev/ttyUSB0; needs pyserial)")
+    nmea_baud: int = _f(115200, "NMEA serial baud rate", min=1200, max=4000000)
+    nmea_talker: str = _f("GP", "NMEA talker id (GP, GN)")
+    mavlink_enabled: bool = _f(False, "send MAVLink2 GPS_INPUT (ArduPilot GPS_TYPE 14) for every fix")
+    mavlink_host: str = _f("127.0.0.1", "MAVLink UDP destination host (only this host:port receives datagrams)")
+    mavlink_port: int = _f(14550, "MAVLink UDP destination port", min=1, max=65535)
+    mavlink_system_id: int = _f(1, "MAVLink source system id", min=0, max=255)
+    mavlink_component_id: int = _f(220, "MAVLink source component id", min=0, max=255)
+    mavlink_gps_id: int = _f(0, "GPS_INPUT gps_id (ArduPilot GPS instance)", min=0, max=9)
 
 
 @dataclass

@@ -30,10 +30,16 @@ import cv2
 import numpy as np
 from pyproj import CRS, Transformer
 
-from mobilegeo_ros.config import Config
+from mobilegeo_ros.config import Config, from_dict
 from mobilegeo_ros.estimator.retrieval import RetrievalEstimate, estimate
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground
-from mobilegeo_ros.index.tile_index import TileIndex, group_by_tile
+from mobilegeo_ros.index.tile_index import (
+    IndexFileError,
+    IndexMismatchError,
+    TileIndex,
+    group_by_tile,
+    identity_differences,
+)
 from mobilegeo_ros.model import EmbeddingModel, load_model
 
 
@@ -123,10 +129,24 @@ class Localizer:
         self._levels = np.unique(self._size)
 
     @classmethod
-    def from_files(cls, index_dir: str | Path, cfg: Config) -> Localizer:
-        """Load the model named by ``cfg.model`` and the index at ``index_dir``; refuse a model/index mismatch."""
+    def from_files(cls, index_dir: str | Path, cfg: Config | None = None) -> Localizer:
+        """Load the index at ``index_dir`` and the model named by ``cfg.model``; refuse a model/index mismatch.
+
+        Without ``cfg`` the settings the index was built with are used (stored in its ``index.json``).
+        """
+        index = TileIndex.load(index_dir)
+        if cfg is None:
+            stored = index.map_info.get("build_config")
+            if stored is None:
+                raise IndexFileError(f"index {str(index_dir)!r} does not record the config it was built with; "
+                                     "pass one (--config)")
+            cfg = from_dict(stored)
         model = load_model(cfg.model)
-        index = TileIndex.load(index_dir, expected_identity=model.identity())
+        diffs = identity_differences(index.identity, model.identity())
+        if diffs:
+            raise IndexMismatchError(f"index {str(index_dir)!r} was built with a different embedding model: "
+                                     f"{'; '.join(diffs)}. Rebuild it with `mobilegeo build-index` or configure "
+                                     "the model it was built with")
         return cls(index, model, cfg)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -171,9 +191,9 @@ class Localizer:
     @staticmethod
     def _fuse(embeddings: np.ndarray) -> np.ndarray:
         """Multi-view fusion: MSRM-selected views averaged and re-normalised → D."""
-        from mobilegeo_ros.msrm import select_views
-
         if len(embeddings) > 1:
+            from mobilegeo_ros.msrm import select_views
+
             embeddings = embeddings[select_views(embeddings, len(embeddings))]
         v = embeddings.mean(0)
         return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
@@ -221,9 +241,9 @@ class Localizer:
                 ok = rows >= 0
                 ok[ok] = mask[rows[ok]]
                 scores, rows = scores[ok], rows[ok]
-            merged = group_by_tile(self._tile_id, scores, rows, k)
-            if len(merged[0]) >= k or kk >= n:
-                return merged
+            merged = group_by_tile(scores[None], rows[None], self._tile_id, k)[0]
+            if len(merged) >= k or kk >= n:
+                return (np.array([sc for _, sc in merged], np.float64), np.array([r for r, _ in merged], np.int64))
             kk = min(n, kk * 4)
 
     def _localize_queries(self, queries: np.ndarray, priors: Priors,

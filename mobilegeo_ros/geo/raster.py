@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,11 @@ def _open(path: Path, role: str = "orthophoto") -> rasterio.io.DatasetReader:
     if not path.is_file():
         raise GeoError(f"{role} {str(path)!r} is not a file")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # A missing geotransform is reported by _check_georef as a GeoError naming the file; rasterio's own
+            # warning would only duplicate it on stderr.
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path)
     except rasterio.errors.RasterioError as e:
         raise GeoError(f"{role} {str(path)!r} is not a readable raster (GeoTIFF expected): {e}") from None
 
@@ -260,6 +265,17 @@ def stretch_to_uint8(data: np.ndarray, valid: np.ndarray, percentiles: tuple[flo
     return out
 
 
+def _outside(src_transform: Affine, src_w: int, src_h: int, dst_transform: Affine, dst_shape: tuple[int, int]
+             ) -> np.ndarray:
+    """Mask of destination pixels whose centre falls outside the source raster (same CRS)."""
+    h, w = dst_shape
+    t = ~src_transform @ dst_transform
+    cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5, sparse=True)
+    sc = t.a * cols + t.b * rows + t.c
+    sr = t.d * cols + t.e * rows + t.f
+    return (sc < 0) | (sc > src_w) | (sr < 0) | (sr > src_h)
+
+
 def _brovey(ms: np.ndarray, ms_valid: np.ndarray, src: rasterio.io.DatasetReader, pan_path: Path
             ) -> tuple[np.ndarray, np.ndarray, Affine, CRS]:
     """Brovey pansharpening: resample the 3 MS bands bilinearly onto the PAN grid, multiply by PAN / mean(MS).
@@ -277,10 +293,23 @@ def _brovey(ms: np.ndarray, ms_valid: np.ndarray, src: rasterio.io.DatasetReader
     ms_f = ms.astype(np.float32)
     ms_f[:, ~ms_valid] = np.nan
     sharp = np.full((3,) + shape, np.nan, dtype=np.float32)
-    for c in range(3):
-        rasterio.warp.reproject(ms_f[c], sharp[c], src_transform=src.transform, src_crs=src.crs,
-                                dst_transform=dst_transform, dst_crs=dst_crs, resampling=Resampling.bilinear,
-                                src_nodata=np.nan, dst_nodata=np.nan)
+    if CRS.from_user_input(src.crs) == CRS.from_user_input(dst_crs):
+        # Same CRS (the usual PAN/MS bundle): the resampling is one affine map, ~10x faster in OpenCV than GDAL.
+        # PAN pixel index -> MS pixel index, with the project's +0.5 pixel-centre convention on both sides.
+        t = ~src.transform @ dst_transform
+        m = np.array([[t.a, t.b, t.c], [t.d, t.e, t.f], [0.0, 0.0, 1.0]])
+        shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+        idx = (np.linalg.inv(shift) @ m @ shift)[:2]
+        for c in range(3):
+            cv2.warpAffine(ms_f[c], idx, (shape[1], shape[0]), dst=sharp[c],
+                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        outside = _outside(src.transform, src.width, src.height, dst_transform, shape)
+        sharp[:, outside] = np.nan
+    else:
+        for c in range(3):
+            rasterio.warp.reproject(ms_f[c], sharp[c], src_transform=src.transform, src_crs=src.crs,
+                                    dst_transform=dst_transform, dst_crs=dst_crs, resampling=Resampling.bilinear,
+                                    src_nodata=np.nan, dst_nodata=np.nan)
     mean = sharp.mean(axis=0)
     valid = pan_valid & np.isfinite(pan) & np.isfinite(mean) & (mean > 0)
     ratio = np.where(valid, pan / np.where(valid, mean, 1.0), 0.0).astype(np.float32)
@@ -300,14 +329,17 @@ def _to_north_up_metric(rgb: np.ndarray, valid: np.ndarray, transform: Affine, c
     dst_crs = crs
     if not _is_metric_projected(crs):
         to_ll = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
-        cx, cy = transform * (w / 2.0, h / 2.0)
+        cx, cy = transform @ (w / 2.0, h / 2.0)
         lon, lat = to_ll.transform(cx, cy)
         dst_crs = _utm_crs_for(float(lon), float(lat))
     left, bottom, right, top = rasterio.transform.array_bounds(h, w, transform)
-    dst_t, dst_w, dst_h = rasterio.warp.calculate_default_transform(crs, dst_crs, w, h, left, bottom, right, top)
-    res = math.sqrt(abs(dst_t.a * dst_t.e - dst_t.b * dst_t.d))
-    dst_t, dst_w, dst_h = rasterio.warp.calculate_default_transform(crs, dst_crs, w, h, left, bottom, right, top,
-                                                                    resolution=res)
+    with warnings.catch_warnings():
+        # rasterio 1.4 still uses affine's deprecated `*` internally; not actionable here.
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        dst_t, _, _ = rasterio.warp.calculate_default_transform(crs, dst_crs, w, h, left, bottom, right, top)
+        res = math.sqrt(abs(dst_t.a * dst_t.e - dst_t.b * dst_t.d))  # square pixels of the same area
+        dst_t, dst_w, dst_h = rasterio.warp.calculate_default_transform(crs, dst_crs, w, h, left, bottom, right,
+                                                                        top, resolution=res)
     src = np.moveaxis(rgb, 2, 0).copy()
     src[:, ~valid] = 0
     out = np.zeros((3, dst_h, dst_w), dtype=np.uint8)

@@ -164,10 +164,10 @@ def render_view(ortho: Orthophoto, pose: CameraPose, camera: CameraModel) -> np.
     hom = ground_to_image_homography(pose, camera)
     # Ground metres per image pixel at the image centre (sqrt of the local area scale).
     try:
-        ge, gn = image_to_ground(pose, camera, np.array([w / 2 - 0.5, w / 2 + 0.5, w / 2]),
-                                 np.array([h / 2, h / 2, h / 2 + 0.5]))
+        ge, gn = image_to_ground(pose, camera, np.array([w / 2, w / 2 + 1, w / 2]),
+                                 np.array([h / 2, h / 2, h / 2 + 1]))
         du = np.array([ge[1] - ge[0], gn[1] - gn[0]])
-        dv = np.array([ge[2] - (ge[0] + ge[1]) / 2, gn[2] - (gn[0] + gn[1]) / 2]) * 2.0
+        dv = np.array([ge[2] - ge[0], gn[2] - gn[0]])
         m_per_px = math.sqrt(abs(du[0] * dv[1] - du[1] * dv[0]))
     except GeoError:
         m_per_px = ortho.gsd_m  # the centre looks above the horizon: the visible ground is near, use full res
@@ -199,12 +199,17 @@ def photometric(img: np.ndarray, rng: np.random.Generator, render_cfg: RenderCon
     noise = rng.uniform(0.0, cfg.noise_std)
     out = img.astype(np.float32)
     mean = float(out.mean())
-    out = (out - mean) * contrast + mean * gain
+    # In place and through OpenCV where possible: this runs once per rendered training/evaluation image.
+    cv2.addWeighted(out, contrast, out, 0.0, mean * (gain - contrast), dst=out)
     if sigma > 0.05:
-        out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma)
+        cv2.GaussianBlur(out, (0, 0), sigmaX=sigma, dst=out)
     if noise > 0:
-        out += rng.normal(0.0, noise, out.shape).astype(np.float32)
-    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        n = rng.standard_normal(out.shape, dtype=np.float32)
+        n *= np.float32(noise)
+        out += n
+    np.clip(out, 0.0, 255.0, out=out)
+    out += np.float32(0.5)
+    out = out.astype(np.uint8)
     if cfg.jpeg_quality:
         quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
         ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +86,16 @@ def export_onnx(model_cfg: ModelConfig, out_dir: Path | None = None) -> tuple[Pa
     os.close(fd)
     try:
         dummy = torch.zeros(1, 3, model_cfg.input_px, model_cfg.input_px, dtype=torch.float32)
-        torch.onnx.export(torch_model.module, (dummy,), tmp, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        # The TorchScript exporter (dynamo=False) on purpose: one static graph, no onnxscript dependency, and
+        # it handles this plain CNN exactly; silence its deprecation notice.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            warnings.filterwarnings("ignore", message=".*will be removed.*")
+            torch.onnx.export(torch_model.module, (dummy,), tmp, dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         identity = torch_model.identity()

@@ -1,0 +1,484 @@
+"""``localize_node``: the ROS 2 face of the localizer (console script ``localize_node``; ``ros2 run mobilegeo_ros
+localize_node``; ``ros2 launch mobilegeo_ros localize.launch.py``).
+
+A thin adapter: callbacks copy message fields into plain values; decoding, the window, retrieval and filtering live in
+:mod:`mobilegeo_ros.ros.pipeline` and the pure core. Inference runs in one worker thread fed by a 1-slot mailbox (the
+newest frame wins, older unprocessed frames are dropped and counted), so latency stays bounded when the camera is
+faster than the model.
+
+Parameters: every setting of :class:`mobilegeo_ros.config.Config` as ``section.key`` (type, description and range
+from ``config.describe()``), plus ``config_file`` (a YAML file read with ``config.load_config``, the CLI's loader;
+its values are the defaults that ``--ros-args -p``/``--params-file`` override) and ``index_dir``. Unknown or ill-typed
+parameters, or a missing/mismatched index or model file, stop the start-up with a message and exit code 2.
+
+Topics (relative, so namespaces and remaps apply):
+  in:  ``image`` (sensor_msgs/Image), ``image/compressed`` (sensor_msgs/CompressedImage), ``camera_info`` (optional,
+       field of view), ``imu`` (sensor_msgs/Imu: heading and, with ``node.use_imu_tilt``, tilt; REP-103 orientation of
+       body FLU in ENU, see :mod:`.pipeline`), ``altitude`` (std_msgs/Float64, metres above ground), ``gnss_prior``
+       (sensor_msgs/NavSatFix bounding the search). Images and priors use SensorDataQoS unless ``node.qos_reliable``.
+  out: ``~/fix`` (sensor_msgs/NavSatFix, image stamp, STATUS_NO_FIX when not confident, covariance DIAGONAL_KNOWN in
+       ENU m²), ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped in ``node.map_frame``: local ENU anchored at the
+       index origin), ``~/velocity`` (geometry_msgs/TwistWithCovarianceStamped, ENU m/s from the Kalman filter),
+       ``/diagnostics`` (diagnostic_msgs/DiagnosticArray every ``node.diagnostics_period_s``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+import typing
+from pathlib import Path
+
+import rclpy
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseWithCovarianceStamped, TwistWithCovarianceStamped
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, NavSatStatus
+from std_msgs.msg import Float64
+
+from mobilegeo_ros import config as config_mod
+from mobilegeo_ros.ros.pipeline import (
+    STALE, UNKNOWN_VARIANCE, Frame, LatestMailbox, LocalizationPipeline, Output, PriorState, Stats, diagnostic_level,
+    heading_to_quaternion,
+)
+
+NODE_NAME = "localize_node"
+_INT_MAX = 2**63 - 1
+_LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
+                3: DiagnosticStatus.STALE}
+
+
+class StartupError(Exception):
+    """Start-up refused (bad parameter, missing or mismatched file); the message says which and why."""
+
+
+def _param_type(hint) -> Parameter.Type:
+    if hint is bool:
+        return Parameter.Type.BOOL
+    if hint is int:
+        return Parameter.Type.INTEGER
+    if hint is float:
+        return Parameter.Type.DOUBLE
+    if hint is str:
+        return Parameter.Type.STRING
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return {int: Parameter.Type.INTEGER_ARRAY, float: Parameter.Type.DOUBLE_ARRAY,
+                str: Parameter.Type.STRING_ARRAY}[item]
+    raise TypeError(f"no ROS parameter type for {hint}")  # pragma: no cover - programming error
+
+
+def _descriptor(name: str, meta: dict, ptype: Parameter.Type) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=name, type=ptype.value, description=meta.get("help", ""), read_only=True)
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is None and hi is None:
+        return d
+    if ptype == Parameter.Type.INTEGER:
+        d.integer_range = [IntegerRange(from_value=int(lo if lo is not None else -_INT_MAX),
+                                        to_value=int(hi if hi is not None else _INT_MAX), step=0)]
+    elif ptype == Parameter.Type.DOUBLE:
+        d.floating_point_range = [FloatingPointRange(from_value=float(lo if lo is not None else -sys.float_info.max),
+                                                     to_value=float(hi if hi is not None else sys.float_info.max),
+                                                     step=0.0)]
+    return d
+
+
+def _node_only_from_file(path: str) -> dict:
+    """Node-only keys (``index_dir``) of a ROS parameter file's ``ros__parameters`` (others are config keys)."""
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    for v in data.values():
+        if isinstance(v, dict) and isinstance(v.get("ros__parameters"), dict):
+            return {k: val for k, val in v["ros__parameters"].items() if k == "index_dir"}
+    return {}
+
+
+def _stamp_s(stamp) -> float:
+    return stamp.sec + 1e-9 * stamp.nanosec
+
+
+class LocalizeNode(Node):
+    """See the module docstring. Construct, then :meth:`start` (loads the model and index), then spin."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.cfg, self.config_file, self.index_dir = self._load_parameters()
+        self.pipeline: LocalizationPipeline | None = None
+        self.worker: threading.Thread | None = None
+        self.bridges: list = []
+        self.mailbox = LatestMailbox()
+        self.stats = Stats()
+        self.priors = PriorState(self.cfg)
+        self._prev_snapshot: dict | None = None
+        self._hfov_deg: float | None = None
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Parameters
+
+    def _declare(self, name: str, default, descriptor: ParameterDescriptor):
+        try:
+            if isinstance(default, list) and not default:
+                # an empty list carries no element type: declare the type explicitly
+                p = self.declare_parameter(name, Parameter.Type(descriptor.type), descriptor)
+                value = p.value
+                return [] if value is None else list(value)
+            value = self.declare_parameter(name, default, descriptor).value
+            return list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
+        except rclpy.exceptions.InvalidParameterTypeException as e:
+            raise StartupError(f"parameter {name}: wrong type ({e}); expected {Parameter.Type(descriptor.type).name}"
+                               ) from None
+        except rclpy.exceptions.InvalidParameterValueException as e:
+            raise StartupError(f"parameter {name}: {e}") from None
+
+    def _widen_int_overrides(self, types: dict[str, Parameter.Type]) -> None:
+        """Accept ``2`` for a double parameter (YAML and ``-p x:=2`` give integers), as the config loader does."""
+        for name, ptype in types.items():
+            p = self._parameter_overrides.get(name)
+            if p is None:
+                continue
+            if ptype == Parameter.Type.DOUBLE and p.type_ == Parameter.Type.INTEGER:
+                self._parameter_overrides[name] = Parameter(name, Parameter.Type.DOUBLE, float(p.value))
+            elif ptype == Parameter.Type.DOUBLE_ARRAY and p.type_ == Parameter.Type.INTEGER_ARRAY:
+                self._parameter_overrides[name] = Parameter(name, Parameter.Type.DOUBLE_ARRAY,
+                                                            [float(v) for v in p.value])
+
+    def _load_parameters(self) -> tuple[config_mod.Config, str, str]:
+        str_t = Parameter.Type.STRING
+        config_file = self._declare("config_file", "", _descriptor(
+            "config_file", {"help": "YAML config (nested layout or ROS parameter file) giving the defaults that "
+                                    "--ros-args override; empty = built-in defaults"}, str_t))
+        try:
+            base = config_mod.load_config(config_file or None)
+            from_file = _node_only_from_file(config_file)
+        except config_mod.ConfigError as e:
+            raise StartupError(str(e)) from None
+        except (OSError, yaml.YAMLError) as e:
+            raise StartupError(f"config file {config_file!r}: {e}") from None
+        index_dir = self._declare("index_dir", str(from_file.get("index_dir", "")), _descriptor(
+            "index_dir", {"help": "tile index directory (mobilegeo build-index output)"}, str_t))
+        described = config_mod.describe()
+        types = {k: _param_type(m["type"]) for k, m in described.items()}
+        self._widen_int_overrides(types)
+        defaults = config_mod.flatten(base)
+        values = {k: self._declare(k, defaults[k], _descriptor(k, m, types[k])) for k, m in described.items()}
+        unknown = sorted(n for n in set(self._parameter_overrides) - set(self._parameters)
+                         if not n.startswith("qos_overrides."))
+        if unknown:
+            raise StartupError(f"unknown parameter(s): {', '.join(unknown)} (see config/localize.yaml for the "
+                               f"parameters of {NODE_NAME})")
+        try:
+            cfg = config_mod.from_flat(values)
+        except config_mod.ConfigError as e:
+            raise StartupError(f"parameter {e}") from None
+        return cfg, str(config_file), str(index_dir)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Start-up
+
+    def start(self) -> None:
+        """Load the model and index, create the interfaces and start the worker. Raises StartupError."""
+        from mobilegeo_ros.localizer import Localizer
+
+        if not self.index_dir:
+            raise StartupError("parameter index_dir is empty: give the tile index directory "
+                               "(--ros-args -p index_dir:=/path/to/index)")
+        if not Path(self.index_dir).is_dir():
+            raise StartupError(f"index directory {self.index_dir!r} does not exist")
+        try:
+            loc = Localizer.from_files(self.index_dir, self.cfg)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise StartupError(f"cannot load the index {self.index_dir!r} or model "
+                               f"{self.cfg.model.weights or '(shipped default)'!r}: {e}") from None
+        self.pipeline = LocalizationPipeline(loc, self.cfg, self.stats)
+        self._make_bridges()
+        self._make_interfaces()
+        self.worker = threading.Thread(target=self._work, name="localize_worker", daemon=True)
+        self.worker.start()
+        self.get_logger().info(
+            f"ready: index {self.index_dir} (origin {loc.origin_lat:.6f}, {loc.origin_lon:.6f}), backend "
+            f"{self.cfg.model.backend}, window {self.cfg.node.window_size} views / {self.cfg.node.window_s} s, "
+            f"config {self.config_file or '(defaults)'}")
+
+    def _make_bridges(self) -> None:
+        n = self.cfg.node
+        try:
+            if n.nmea_enabled:
+                from mobilegeo_ros.io.nmea import NmeaBridge
+                self.bridges.append(NmeaBridge(n.nmea_host, n.nmea_port, n.nmea_serial_device, n.nmea_baud,
+                                               n.nmea_talker, n.hdop_uere_m))
+            if n.mavlink_enabled:
+                from mobilegeo_ros.io.mavlink import MavlinkBridge
+                self.bridges.append(MavlinkBridge(n.mavlink_host, n.mavlink_port, n.mavlink_system_id,
+                                                  n.mavlink_component_id, n.mavlink_gps_id, n.hdop_uere_m))
+        except (ValueError, OSError, ImportError) as e:
+            raise StartupError(f"flight-stack bridge: {e}") from None
+
+    def _make_interfaces(self) -> None:
+        n = self.cfg.node
+        if n.qos_reliable:
+            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=n.qos_depth, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.VOLATILE)
+        else:
+            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=n.qos_depth,
+                             reliability=qos_profile_sensor_data.reliability,
+                             durability=qos_profile_sensor_data.durability)
+        self.create_subscription(Image, "image", self._on_image, qos)
+        self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+        self.create_subscription(Imu, "imu", self._on_imu, qos)
+        self.create_subscription(Float64, "altitude", self._on_altitude, qos)
+        self.create_subscription(NavSatFix, "gnss_prior", self._on_gnss_prior, qos)
+        self.pub_fix = self.create_publisher(NavSatFix, "~/fix", 10)
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
+        self.pub_vel = self.create_publisher(TwistWithCovarianceStamped, "~/velocity", 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # steady clock: diagnostics and staleness keep working when use_sim_time is set and /clock stops
+        self.create_timer(n.diagnostics_period_s, self._on_diagnostics_timer,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Callbacks (executor thread): copy fields, hand over, count
+
+    def _enqueue(self, frame: Frame) -> None:
+        self.stats.note_received(frame.received_s)
+        if self.mailbox.put(frame):
+            with self.stats.lock:
+                self.stats.dropped += 1
+
+    def _on_image(self, msg: Image) -> None:
+        self._enqueue(Frame("raw", {"height": msg.height, "width": msg.width, "encoding": msg.encoding,
+                                    "is_bigendian": msg.is_bigendian, "step": msg.step, "data": msg.data},
+                            _stamp_s(msg.header.stamp), msg.header.stamp, frame_id=msg.header.frame_id))
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._enqueue(Frame("compressed", {"format": msg.format, "data": msg.data}, _stamp_s(msg.header.stamp),
+                            msg.header.stamp, frame_id=msg.header.frame_id))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        fx = float(msg.k[0])
+        if msg.width > 0 and math.isfinite(fx) and fx > 0:
+            self._hfov_deg = math.degrees(2.0 * math.atan(msg.width / (2.0 * fx)))
+            self.priors.set_hfov(self._hfov_deg)
+
+    def _prior_error(self, what: str, e: Exception) -> None:
+        self.stats.note_error("prior_errors", f"{what}: {e}")
+
+    def _on_imu(self, msg: Imu) -> None:
+        q = msg.orientation
+        try:
+            self.priors.set_imu(q.x, q.y, q.z, q.w)
+        except ValueError as e:
+            self._prior_error("imu", e)
+
+    def _on_altitude(self, msg: Float64) -> None:
+        try:
+            self.priors.set_altitude(float(msg.data))
+        except ValueError as e:
+            self._prior_error("altitude", e)
+
+    def _on_gnss_prior(self, msg: NavSatFix) -> None:
+        cov = None
+        if msg.position_covariance_type != NavSatFix.COVARIANCE_TYPE_UNKNOWN:
+            cov = (float(msg.position_covariance[0]), float(msg.position_covariance[4]))
+        self.priors.set_gnss(float(msg.latitude), float(msg.longitude), int(msg.status.status), cov)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Worker thread
+
+    def _work(self) -> None:
+        while not self.mailbox.closed:
+            frame = self.mailbox.get(timeout=0.2)
+            if frame is None:
+                continue
+            out = self.pipeline.process(frame, self.priors.priors())
+            if out is None:
+                continue
+            try:
+                self._publish(out)
+            except Exception as e:  # noqa: BLE001 - publishing during shutdown; anything else is shown
+                if not rclpy.ok(context=self.context):
+                    return
+                self.stats.note_error("errors", f"publish: {type(e).__name__}: {e}")
+
+    def _publish(self, out: Output) -> None:
+        self.pub_fix.publish(self._navsatfix(out))
+        if out.status == "fix":
+            self.pub_pose.publish(self._pose(out))
+            if out.vel_en is not None:
+                self.pub_vel.publish(self._twist(out))
+        self._send_bridges(out.flight_stack_fix(self.cfg))
+
+    def _send_bridges(self, fix) -> None:
+        for b in self.bridges:
+            try:
+                b.send(fix)
+            except Exception as e:  # noqa: BLE001 - a bridge failure (network, encoding) must not stop the fixes
+                self.stats.note_error("errors", f"{type(b).__name__}: {e}")
+
+    def _navsatfix(self, out: Output) -> NavSatFix:
+        msg = NavSatFix()
+        msg.header.stamp = out.frame.stamp
+        msg.header.frame_id = out.frame.frame_id
+        msg.status.service = 0  # no satellite system: the position comes from the camera
+        if out.status != "fix":
+            msg.status.status = NavSatStatus.STATUS_NO_FIX
+            msg.latitude = msg.longitude = msg.altitude = math.nan
+            msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
+            return msg
+        msg.status.status = NavSatStatus.STATUS_FIX
+        msg.latitude, msg.longitude = float(out.lat), float(out.lon)
+        known_alt = math.isfinite(out.alt_m)
+        msg.altitude = float(out.alt_m) if known_alt else math.nan
+        cov = [0.0] * 9
+        cov[0], cov[4] = float(out.cov_en[0, 0]), float(out.cov_en[1, 1])
+        # the altitude prior carries no variance of its own: 1 m² is assumed for it
+        cov[8] = 1.0 if known_alt else UNKNOWN_VARIANCE
+        msg.position_covariance = cov
+        msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
+        return msg
+
+    def _pose(self, out: Output) -> PoseWithCovarianceStamped:
+        msg = PoseWithCovarianceStamped()
+        msg.header.stamp = out.frame.stamp
+        msg.header.frame_id = self.cfg.node.map_frame
+        p = msg.pose.pose.position
+        p.x, p.y = float(out.e), float(out.n)
+        p.z = float(out.u) if math.isfinite(out.u) else 0.0
+        cov = [0.0] * 36
+        cov[0], cov[1], cov[6], cov[7] = (float(out.cov_en[0, 0]), float(out.cov_en[0, 1]), float(out.cov_en[1, 0]),
+                                          float(out.cov_en[1, 1]))
+        cov[14] = 1.0 if math.isfinite(out.u) else UNKNOWN_VARIANCE
+        cov[21] = cov[28] = UNKNOWN_VARIANCE  # roll and pitch are not estimated
+        o = msg.pose.pose.orientation
+        if out.heading_deg is not None and math.isfinite(out.heading_deg):
+            o.x, o.y, o.z, o.w = heading_to_quaternion(out.heading_deg)
+            # heading quantised to the gallery rotation step: uniform error over one step
+            step = math.radians(360.0 / max(self.cfg.index.rotations, 1))
+            cov[35] = step**2 / 12.0
+        else:
+            o.x, o.y, o.z, o.w = 0.0, 0.0, 0.0, 1.0
+            cov[35] = UNKNOWN_VARIANCE
+        msg.pose.covariance = cov
+        return msg
+
+    def _twist(self, out: Output) -> TwistWithCovarianceStamped:
+        msg = TwistWithCovarianceStamped()
+        msg.header.stamp = out.frame.stamp
+        msg.header.frame_id = self.cfg.node.map_frame
+        msg.twist.twist.linear.x, msg.twist.twist.linear.y = float(out.vel_en[0]), float(out.vel_en[1])
+        cov = [0.0] * 36
+        vc = out.vel_cov
+        cov[0], cov[1], cov[6], cov[7] = float(vc[0, 0]), float(vc[0, 1]), float(vc[1, 0]), float(vc[1, 1])
+        cov[14] = cov[21] = cov[28] = cov[35] = UNKNOWN_VARIANCE
+        msg.twist.covariance = cov
+        return msg
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Diagnostics and staleness
+
+    def _on_diagnostics_timer(self) -> None:
+        now = time.monotonic()
+        snap = self.stats.snapshot()
+        level, message = diagnostic_level(snap, self._prev_snapshot, now, self.cfg.node.stale_timeout_s)
+        self._prev_snapshot = snap
+        stamp = self.get_clock().now().to_msg()
+        if level == STALE:
+            # nobody may keep using an old position: say NO_FIX explicitly
+            msg = NavSatFix()
+            msg.header.stamp = stamp
+            msg.status.status = NavSatStatus.STATUS_NO_FIX
+            msg.latitude = msg.longitude = msg.altitude = math.nan
+            msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
+            self.pub_fix.publish(msg)
+            if self.bridges:
+                from mobilegeo_ros.io import FlightStackFix
+                self._send_bridges(FlightStackFix(stamp_s=time.time(), valid=False))
+        self.pub_diag.publish(self._diagnostics(snap, level, message, stamp, now))
+
+    def _diagnostics(self, snap: dict, level: int, message: str, stamp, now: float) -> DiagnosticArray:
+        def f(x: float, fmt: str = ".1f") -> str:
+            return "nan" if x is None or not math.isfinite(x) else format(x, fmt)
+
+        values = {
+            "input_rate_hz": f(self.stats.input_rate_hz(now), ".2f"),
+            "inference_latency_ms": f(snap["latency_last_ms"]),
+            "inference_latency_mean_ms": f(snap["latency_mean_ms"]),
+            "inference_latency_p99_ms": f(snap["latency_p99_ms"]),
+            "window_size": str(snap["window"]),
+            "match_score": f(snap["last_score"], ".3f"),
+            "frames_received": str(snap["received"]),
+            "frames_processed": str(snap["processed"]),
+            "frames_dropped": str(snap["dropped"]),
+            "frames_rejected": str(snap["rejected"]),
+            "frames_failed": str(snap["errors"]),
+            "fixes": str(snap["fixes"]),
+            "no_fixes": str(snap["no_fixes"]),
+            "filter_rejected": str(snap["filter_rejected"]),
+            "prior_errors": str(snap["prior_errors"]),
+            "last_status": snap["last_status"],
+            "last_reason": snap["last_reason"],
+            "last_error": snap["last_error"],
+            "seconds_since_image": f(now - snap["last_image_s"], ".2f"),
+            "camera_hfov_deg": f(self._hfov_deg) if self._hfov_deg else "unknown",
+            "config_file": self.config_file,
+            "index_dir": self.index_dir,
+            "backend": self.cfg.model.backend,
+            "window_size_max": str(self.cfg.node.window_size),
+        }
+        st = DiagnosticStatus(level=_LEVEL_BYTES[level], name=f"{self.get_name()}: localization",
+                              message=message, hardware_id="camera",
+                              values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        arr = DiagnosticArray()
+        arr.header.stamp = stamp
+        arr.status = [st]
+        return arr
+
+    # -----------------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the worker and close the bridges (idempotent)."""
+        self.mailbox.close()
+        if self.worker is not None:
+            self.worker.join(timeout=10.0)
+            self.worker = None
+        for b in self.bridges:
+            b.close()
+        self.bridges = []
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``localize_node``. Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 2 start-up refused."""
+    rclpy.init(args=sys.argv if args is None else args)
+    node: LocalizeNode | None = None
+    try:
+        try:
+            node = LocalizeNode()
+            node.start()
+        except StartupError as e:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"start-up refused: {e}")
+            return 2
+        try:
+            rclpy.spin(node)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C while loading the model
+        return 0
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""The localize_node in-process with real rclpy: images in (raw rgb8/bgr8, JPEG), fixes out with the image stamp and
+the true position; priors; malformed frames counted with diagnostics WARN; STALE + NO_FIX when the camera stops;
+NMEA and MAVLink datagrams that decode to the published fix."""
+
+import math
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pynmea2
+import pytest
+import yaml
+
+rclpy = pytest.importorskip("rclpy")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from geometry_msgs.msg import PoseWithCovarianceStamped, TwistWithCovarianceStamped  # noqa: E402
+from pymavlink.dialects.v20 import ardupilotmega as mav2  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, Imu, NavSatFix, NavSatStatus  # noqa: E402
+from std_msgs.msg import Float64  # noqa: E402
+
+from mobilegeo_ros.geo.enu import LocalENU  # noqa: E402
+from mobilegeo_ros.io.images import encode_compressed, encode_image  # noqa: E402
+from mobilegeo_ros.ros.node import LocalizeNode  # noqa: E402
+from mobilegeo_ros.ros.testing import render_views, synthetic_setup  # noqa: E402
+
+DOMAIN_ID = 61
+GROUND_ALT = 1500.0
+T0 = 1_700_000_000  # image stamps: a real UTC time, so the GPS week fields are meaningful
+
+
+def _haversine_m(lat1, lon1, lat2, lon2):
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * 6371000.0 * math.asin(math.sqrt(a))
+
+
+class Harness:
+    """The node under test plus a client node (publishers, subscribers), spun by one executor thread."""
+
+    def __init__(self, setup, tmp, nmea_port, mav_port):
+        cfg_file = tmp / "node.yaml"
+        overrides = dict(setup.overrides)
+        overrides["node"] = {"qos_reliable": True, "diagnostics_period_s": 0.25, "stale_timeout_s": 1.0,
+                             "ground_alt_m": GROUND_ALT, "nmea_enabled": True, "nmea_port": nmea_port,
+                             "mavlink_enabled": True, "mavlink_port": mav_port, "window_s": 2.0}
+        cfg_file.write_text(yaml.safe_dump(overrides))
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = LocalizeNode(context=self.context, parameter_overrides=[
+            Parameter("config_file", value=str(cfg_file)), Parameter("index_dir", value=str(setup.index_dir))])
+        self.node.start()
+        self.client = rclpy.create_node("test_client", context=self.context)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_image = self.client.create_publisher(Image, "image", qos)
+        self.pub_comp = self.client.create_publisher(CompressedImage, "image/compressed", qos)
+        self.pub_imu = self.client.create_publisher(Imu, "imu", qos)
+        self.pub_alt = self.client.create_publisher(Float64, "altitude", qos)
+        self.lock = threading.Lock()
+        self.fixes, self.poses, self.twists, self.diags = [], [], [], []
+        self.client.create_subscription(NavSatFix, "/localize_node/fix", self._store(self.fixes), 50)
+        self.client.create_subscription(PoseWithCovarianceStamped, "/localize_node/pose", self._store(self.poses), 50)
+        self.client.create_subscription(TwistWithCovarianceStamped, "/localize_node/velocity",
+                                        self._store(self.twists), 50)
+        self.client.create_subscription(DiagnosticArray, "/diagnostics", self._store(self.diags), 50)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.client)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        for pub in (self.pub_image, self.pub_comp, self.pub_imu, self.pub_alt):
+            self.wait(lambda p=pub: p.get_subscription_count() > 0, 10, "subscription match")
+        self.wait(lambda: self.client.count_publishers("/localize_node/fix") > 0, 10, "fix publisher")
+        self.wait(lambda: self.client.count_subscribers("/localize_node/fix") > 0, 10, "fix subscriber")
+
+    def _store(self, box):
+        def cb(msg):
+            with self.lock:
+                box.append(msg)
+        return cb
+
+    @staticmethod
+    def wait(pred, timeout, what):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            value = pred()
+            if value:
+                return value
+            time.sleep(0.02)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def wait_stamped(self, box, sec, timeout=30.0):
+        def find():
+            with self.lock:
+                return next((m for m in box if m.header.stamp.sec == sec), None)
+        return self.wait(find, timeout, f"message stamped {sec}")
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.close()
+        self.node.destroy_node()
+        self.client.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return synthetic_setup()
+
+
+@pytest.fixture(scope="module")
+def sockets():
+    socks = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.05)
+        socks.append(s)
+    yield socks
+    for s in socks:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def harness(setup, sockets, tmp_path_factory):
+    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
+    h = Harness(setup, tmp_path_factory.mktemp("node"), sockets[0].getsockname()[1], sockets[1].getsockname()[1])
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def views(setup):
+    return render_views(setup, [(0.35, 0.4), (0.6, 0.55), (0.5, 0.65), (0.45, 0.5)])
+
+
+def _image_msg(rgb, encoding, sec):
+    f = encode_image(rgb, encoding, step=rgb.shape[1] * (3 if encoding.endswith("8") and "mono" not in encoding
+                                                         else 1) + 5)
+    msg = Image(height=f["height"], width=f["width"], encoding=f["encoding"], is_bigendian=f["is_bigendian"],
+                step=f["step"], data=f["data"])
+    msg.header.stamp = Time(sec=sec, nanosec=123)
+    msg.header.frame_id = "camera"
+    return msg
+
+
+def _check_fix(h, sec, truth_latlon):
+    fix = h.wait_stamped(h.fixes, sec)
+    assert fix.header.stamp.nanosec == 123 and fix.header.frame_id == "camera"
+    assert fix.status.status == NavSatStatus.STATUS_FIX
+    err = _haversine_m(fix.latitude, fix.longitude, *truth_latlon)
+    sigma = math.sqrt(max(fix.position_covariance[0], fix.position_covariance[4]))
+    # a 60 m tile grid on a 200 m map: the match is within a tile, and the reported sigma covers the error
+    assert err < 45.0 and err < 3.0 * sigma, (err, sigma)
+    assert fix.position_covariance_type == NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
+    return fix
+
+
+# stamps 10 s apart: the window (2 s) holds one view and the filter (gap 5 s) restarts at each test position
+@pytest.mark.parametrize("encoding,sec,view", [("rgb8", T0 + 1000, 0), ("bgr8", T0 + 1010, 1)])
+def test_raw_image_gives_stamped_fix_near_truth(harness, views, encoding, sec, view):
+    rgb, _, latlon = views[view]
+    harness.pub_image.publish(_image_msg(rgb, encoding, sec))
+    fix = _check_fix(harness, sec, latlon)
+    assert math.isnan(fix.altitude) and fix.position_covariance[8] >= 1e5  # no altitude prior
+    pose = harness.wait_stamped(harness.poses, sec)
+    assert pose.header.frame_id == "map"
+    enu = LocalENU(harness.node.pipeline.loc.origin_lat, harness.node.pipeline.loc.origin_lon, GROUND_ALT)
+    e, n, _ = enu.to_enu(fix.latitude, fix.longitude, GROUND_ALT)
+    assert pose.pose.pose.position.x == pytest.approx(e, abs=0.05)
+    assert pose.pose.pose.position.y == pytest.approx(n, abs=0.05)
+    assert pose.pose.covariance[0] == pytest.approx(fix.position_covariance[0])
+
+
+def test_compressed_jpeg_gives_fix(harness, views):
+    rgb, _, latlon = views[2]
+    msg = CompressedImage(format="jpeg", data=encode_compressed(rgb, "jpeg", 90)["data"])
+    msg.header.stamp = Time(sec=T0 + 1020, nanosec=123)
+    msg.header.frame_id = "camera"
+    harness.pub_comp.publish(msg)
+    _check_fix(harness, T0 + 1020, latlon)
+
+
+def test_priors_altitude_heading_and_velocity(harness, views):
+    # IMU: body x axis pointing north = ENU yaw 90 deg (REP-103), so the camera (image top forward) has yaw 0
+    imu = Imu()
+    imu.orientation.z, imu.orientation.w = math.sin(math.pi / 4), math.cos(math.pi / 4)
+    harness.pub_imu.publish(imu)
+    harness.pub_alt.publish(Float64(data=60.0))
+    harness.wait(lambda: harness.node.priors.priors().altitude_m == 60.0
+                 and harness.node.priors.priors().yaw_deg is not None, 5, "priors")
+    assert harness.node.priors.priors().yaw_deg == pytest.approx(0.0, abs=1e-6)
+    rgb, _, latlon = views[3]
+    harness.pub_image.publish(_image_msg(rgb, "rgb8", T0 + 1030))
+    fix = _check_fix(harness, T0 + 1030, latlon)
+    assert fix.altitude == pytest.approx(GROUND_ALT + 60.0) and fix.position_covariance[8] == pytest.approx(1.0)
+    pose = harness.wait_stamped(harness.poses, T0 + 1030)
+    q = pose.pose.pose.orientation
+    assert (q.z, q.w) == pytest.approx((math.sin(math.pi / 4), math.cos(math.pi / 4)), abs=1e-6)
+    assert pose.pose.pose.position.z == pytest.approx(60.0)
+    # a second view 1 s later from the same place: the filter updates and reports a velocity
+    harness.pub_image.publish(_image_msg(rgb, "rgb8", T0 + 1031))
+    twist = harness.wait_stamped(harness.twists, T0 + 1031)
+    assert twist.header.frame_id == "map"
+    assert math.hypot(twist.twist.twist.linear.x, twist.twist.twist.linear.y) < 30.0
+    assert 0 < twist.twist.covariance[0] < 1e5
+
+
+def _drain(sock):
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096))
+        except (socket.timeout, BlockingIOError):
+            return out
+
+
+def test_bridges_send_the_published_fix(harness, sockets, views):
+    nmea_sock, mav_sock = sockets
+    _drain(nmea_sock), _drain(mav_sock)
+    rgb, _, latlon = views[1]
+    harness.pub_image.publish(_image_msg(rgb, "rgb8", T0 + 1040))
+    fix = _check_fix(harness, T0 + 1040, latlon)
+    time.sleep(0.2)
+    ggas = [pynmea2.parse(line) for d in _drain(nmea_sock) for line in d.decode().split("\r\n") if "GGA" in line]
+    good = [g for g in ggas if g.gps_qual == 1]
+    assert good, ggas
+    assert good[-1].latitude == pytest.approx(fix.latitude, abs=1e-7)
+    assert good[-1].longitude == pytest.approx(fix.longitude, abs=1e-7)
+    parser = mav2.MAVLink(None)
+    msgs = [m for d in _drain(mav_sock) for m in parser.parse_buffer(d) or []]
+    valid = [m for m in msgs if m.get_type() == "GPS_INPUT" and m.fix_type == 3]
+    assert valid, msgs
+    m = valid[-1]
+    assert m.lat == round(fix.latitude * 1e7) and m.lon == round(fix.longitude * 1e7)
+    assert m.horiz_accuracy == pytest.approx(
+        math.sqrt((fix.position_covariance[0] + fix.position_covariance[4]) / 2), rel=1e-5)
+    week_s = m.time_week * 604800 + m.time_week_ms / 1000.0 + 315964800 - 18
+    assert week_s == pytest.approx(T0 + 1040.0, abs=1e-3)
+
+
+def _last_diag(h):
+    with h.lock:
+        return h.diags[-1] if h.diags else None
+
+
+def _diag_values(msg):
+    st = msg.status[0]
+    return st.level, {kv.key: kv.value for kv in st.values}
+
+
+MALFORMED = [
+    ("wrong encoding", lambda: Image(height=2, width=2, encoding="32FC1", step=8, data=bytes(16))),
+    ("wrong step", lambda: Image(height=2, width=4, encoding="rgb8", step=6, data=bytes(12))),
+    ("zero size", lambda: Image(height=0, width=0, encoding="rgb8", step=0, data=b"")),
+    ("huge", lambda: Image(height=100000, width=100000, encoding="rgb8", step=300000, data=bytes(30))),
+    ("corrupt jpeg", lambda: CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0" + bytes(200))),
+]
+
+
+def test_malformed_frames_are_counted_and_the_node_survives(harness, views):
+    before = harness.node.stats.snapshot()["rejected"]
+    for k, (name, make) in enumerate(MALFORMED, start=1):
+        msg = make()
+        msg.header.stamp = Time(sec=T0 + 1050 + k)
+        (harness.pub_comp if isinstance(msg, CompressedImage) else harness.pub_image).publish(msg)
+        harness.wait(lambda k=k: harness.node.stats.snapshot()["rejected"] >= before + k, 10, f"rejection of {name}")
+    assert harness.node.stats.snapshot()["last_error"]
+    harness.wait(lambda: (d := _last_diag(harness)) is not None and d.status[0].level == DiagnosticStatus.WARN
+                 and int(_diag_values(d)[1]["frames_rejected"]) >= before + len(MALFORMED), 5, "diagnostics WARN")
+    level, values = _diag_values(_last_diag(harness))
+    assert values["last_error"]
+    assert harness.node.worker.is_alive()
+    rgb, _, latlon = views[0]
+    harness.pub_image.publish(_image_msg(rgb, "bgr8", T0 + 1070))
+    _check_fix(harness, T0 + 1070, latlon)
+
+
+def test_diagnostics_keys(harness):
+    d = harness.wait(lambda: _last_diag(harness), 5, "diagnostics")
+    _, values = _diag_values(d)
+    for key in ("input_rate_hz", "inference_latency_ms", "window_size", "match_score", "frames_received",
+                "frames_dropped", "frames_rejected", "last_error", "config_file"):
+        assert key in values
+    assert float(values["inference_latency_ms"]) > 0
+    assert int(values["frames_received"]) >= 5
+
+
+def test_camera_stops_gives_stale_and_no_fix(harness):
+    t0 = time.monotonic()
+    stale = harness.wait(lambda: (d := _last_diag(harness)) is not None and d.status[0].level == DiagnosticStatus.STALE
+                         and d, 5, "STALE diagnostics")
+    assert time.monotonic() - t0 < 1.0 + 0.25 + 1.5
+    assert "no image" in stale.status[0].message
+
+    def no_fix():
+        with harness.lock:
+            return [f for f in harness.fixes if f.status.status == NavSatStatus.STATUS_NO_FIX
+                    and f.header.frame_id == ""]
+    fixes = harness.wait(no_fix, 3, "NO_FIX while stale")
+    assert math.isnan(fixes[-1].latitude)

@@ -1,0 +1,153 @@
+"""localize_node as a separate process (the console script): images from this process give fixes; SIGINT and
+SIGTERM exit 0 without a traceback; start-up refusals (missing index, bad parameter type, unknown parameter,
+out-of-range value, model/index mismatch) exit 2 naming the problem."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image, NavSatFix, NavSatStatus  # noqa: E402
+
+from mobilegeo_ros.io.images import encode_image  # noqa: E402
+from mobilegeo_ros.ros.testing import render_views, synthetic_setup  # noqa: E402
+
+DOMAIN_ID = 62
+REPO = Path(__file__).resolve().parents[1]
+
+
+def node_command() -> list[str]:
+    """The installed console script when present (as users run it), else the module."""
+    script = Path(sys.executable).parent / "localize_node"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mobilegeo_ros.ros.node"]
+
+
+def node_env() -> dict:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), PYTHONUNBUFFERED="1")
+    # the working tree wins over an installed (possibly older) copy of the package
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _params(setup, **extra):
+    p = {"index_dir": str(setup.index_dir), "model.input_px": 128, "map.tile_px": 128, "map.tile_sizes_m": "[60.0]",
+         "index.rotations": 4, "node.qos_reliable": "true"}
+    p.update(extra)
+    args = ["--ros-args"]
+    for k, v in p.items():
+        args += ["-p", f"{k}:={v}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return synthetic_setup()
+
+
+def _run(args, timeout=60):
+    return subprocess.run(node_command() + args, env=node_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_missing_index_dir_exits_2(tmp_path):
+    missing = tmp_path / "no_such_index"
+    r = _run(["--ros-args", "-p", f"index_dir:={missing}"])
+    assert r.returncode == 2, r.stderr
+    assert str(missing) in r.stderr and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("param,match", [
+    ("node.window_size:=abc", "node.window_size: wrong type"),
+    ("node.window_size:=0", "node.window_size"),
+    ("node.no_such_setting:=1", "unknown parameter(s): node.no_such_setting"),
+    ("model.backend:=quantum", "model.backend: 'quantum' is not one of"),
+])
+def test_bad_parameters_exit_2(tmp_path, param, match):
+    r = _run(["--ros-args", "-p", f"index_dir:={tmp_path}", "-p", param])
+    assert r.returncode == 2, r.stderr
+    assert match in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_model_index_mismatch_exits_2(setup):
+    # the index was built with 128 px inputs; a 224 px model has another identity
+    r = _run(_params(setup, **{"model.input_px": 224}), timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert str(setup.index_dir) in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def client():
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    node = rclpy.create_node("process_test_client", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield node
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+    thread.join(5)
+
+
+def _wait(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_node_process_localizes_and_shuts_down_cleanly(setup, client, sig):
+    view, _, (lat, lon) = render_views(setup, [(0.55, 0.45)])[0]
+    proc = subprocess.Popen(node_command() + _params(setup), env=node_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    fixes = []
+    sub = client.create_subscription(NavSatFix, "/localize_node/fix", fixes.append, 10)
+    pub = client.create_publisher(Image, "image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        _wait(lambda: pub.get_subscription_count() > 0 and client.count_publishers("/localize_node/fix") > 0
+              or proc.poll() is not None, 90, "the node's subscription")
+        assert proc.poll() is None, proc.communicate()[1]
+        f = encode_image(view, "rgb8")
+        stamp_sec = 1_700_000_500 + int(sig)
+
+        def got_fix():
+            msg = Image(height=f["height"], width=f["width"], encoding="rgb8", step=f["step"], data=f["data"])
+            msg.header.stamp = Time(sec=stamp_sec)
+            if not any(m.header.stamp.sec == stamp_sec for m in fixes):
+                pub.publish(msg)  # again, in case the first arrived before discovery completed both ways
+            return next((m for m in fixes if m.header.stamp.sec == stamp_sec), None)
+
+        fix = _wait(got_fix, 60, "a fix from the node process")
+        assert fix.status.status == NavSatStatus.STATUS_FIX
+        dlat = (fix.latitude - lat) * 111_320.0
+        dlon = (fix.longitude - lon) * 111_320.0 * math.cos(math.radians(lat))
+        assert math.hypot(dlat, dlon) < 45.0
+    finally:
+        proc.send_signal(sig)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        client.destroy_subscription(sub)
+        client.destroy_publisher(pub)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Traceback" not in out
