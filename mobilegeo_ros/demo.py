@@ -154,6 +154,7 @@ def plot_track(path: Path, localizer: Localizer, rows: list[dict], summary: dict
                                     alpha=0.6))
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
+    ax.ticklabel_format(useOffset=False, style="plain")
     ax.set_xlabel("easting (m, EPSG:32613)")
     ax.set_ylabel("northing (m)")
     ax.set_title(f"truth (green) vs fixes (red x, 2σ circles; grey = no fix)\n"

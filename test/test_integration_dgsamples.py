@@ -1,0 +1,59 @@
+"""End to end on real imagery: WV2 (June) map index, views rendered from WV3 (October), localized by the CLI core.
+
+Uses the installed `dgsamples` package (restricted licence: everything derived goes to tmp_path, never the repo).
+Small on purpose (one 160 m pyramid level, 4 rotations, 12 views) so it runs in CI; `mobilegeo demo` is the full run.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from mobilegeo_ros.config import from_dict
+from mobilegeo_ros.eval.localization import recall_at_k, tile_contains
+from mobilegeo_ros.geo import dgsamples
+from mobilegeo_ros.geo.raster import GeoError
+from mobilegeo_ros.geo.render import CameraModel, image_to_ground, photometric, random_poses, render_view
+from mobilegeo_ros.index.build import build_index
+from mobilegeo_ros.localizer import Localizer, Priors
+
+try:
+    WV2 = dgsamples.scene("wv2")
+except GeoError as e:  # pragma: no cover - only without the package
+    pytest.skip(f"dgsamples not installed: {e}", allow_module_level=True)
+
+
+@pytest.mark.slow
+def test_cross_date_localization_on_real_imagery(tmp_path):
+    cfg = from_dict({
+        "map": {"tile_sizes_m": [160.0], "overlap": 0.25, "pansharpen_with": str(WV2.pan)},
+        "index": {"rotations": 4},
+        "render": {"altitude_m": [145.0, 155.0], "max_tilt_deg": 8.0},
+    })
+    index_dir = build_index(WV2.mul, tmp_path / "index", cfg, progress=False)
+    loc = Localizer.from_files(index_dir, cfg)
+    n_tiles = len(np.unique(loc.index.columns["tile_id"]))
+
+    drone_map = dgsamples.load_scene("wv3")
+    camera = CameraModel(cfg.render.image_width_px, cfg.render.image_height_px, cfg.render.hfov_deg)
+    rng = np.random.default_rng(7)
+    poses = random_poses(drone_map, 12, rng, cfg.render, camera)
+    cols = loc.index.columns
+    hits, errors = [], []
+    for pose in poses:
+        img = photometric(render_view(drone_map, pose, camera), rng, cfg.render)
+        fix = loc.localize([img], Priors(pitch_deg=pose.pitch_deg, roll_deg=pose.roll_deg,
+                                         altitude_m=pose.altitude_m, hfov_deg=camera.hfov_deg))
+        ce, cn = image_to_ground(pose, camera, camera.width_px / 2, camera.height_px / 2)
+        ranked = np.asarray(fix.retrieval.ranked_rows)
+        hits.append(tile_contains(cols["center_e"][ranked], cols["center_n"][ranked], cols["size_m"][ranked],
+                                  float(ce), float(cn)))
+        errors.append(math.hypot(fix.easting - pose.easting, fix.northing - pose.northing))
+        assert fix.status in ("fix", "no_fix") and math.isfinite(fix.score)
+    recall = recall_at_k(hits, (1, 5))
+    chance_at_5 = 100.0 * 5 / n_tiles
+    # Untrained ImageNet features across dates/sensors: far from perfect, but far above chance.
+    assert recall["recall@5"] >= 3 * chance_at_5, (recall, chance_at_5)
+    assert recall["recall@1"] >= 25.0, recall
+    assert np.median(errors) < 200.0, errors

@@ -1,0 +1,162 @@
+"""The node's rclpy-free parts: view selection, IMU convention, mailbox, priors, diagnostics levels, and the
+pipeline (decode -> embed once -> window -> localize -> filter) with the real localizer on a synthetic map."""
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mobilegeo_ros import config as config_mod
+from mobilegeo_ros.io.images import encode_compressed, encode_image
+from mobilegeo_ros.msrm import select_views
+from mobilegeo_ros.ros.pipeline import (
+    ERROR, OK, STALE, WARN, Frame, LatestMailbox, LocalizationPipeline, PriorState, diagnostic_level,
+    heading_to_quaternion, quaternion_to_attitude,
+)
+
+
+def _unit(rows):
+    a = np.asarray(rows, np.float32)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def test_select_views_prunes_duplicates_and_keeps_newest():
+    e = _unit([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0.001, 0]])
+    # the newest (row 3) first, then the most different (row 2); rows 0 and 1 duplicate row 3
+    assert select_views(e, 4).tolist() == [2, 3]
+    assert select_views(e, 1).tolist() == [3]
+    assert select_views(e, 4, max_similarity=1.1).tolist() == [0, 1, 2, 3]
+    e = _unit([[1, 0], [0.9, 0.1], [0, 1]])
+    assert select_views(e, 2).tolist() == [0, 2]
+    with pytest.raises(ValueError, match="max_views"):
+        select_views(e, 0)
+
+
+@pytest.mark.parametrize("heading", [0.0, 45.0, 90.0, 200.0, 359.0])
+def test_imu_quaternion_convention(heading):
+    x, y, z, w = heading_to_quaternion(heading)
+    h, pitch, roll = quaternion_to_attitude(x, y, z, w)
+    assert (h - heading + 180) % 360 - 180 == pytest.approx(0.0, abs=1e-9)
+    assert pitch == pytest.approx(0.0, abs=1e-9) and roll == pytest.approx(0.0, abs=1e-9)
+
+
+def test_imu_quaternion_by_hand():
+    # identity = body x axis east = compass 90
+    assert quaternion_to_attitude(0, 0, 0, 1)[0] == pytest.approx(90.0)
+    # rotation +10 deg about the body y (left) axis: nose down, ROS pitch +10
+    s, c = math.sin(math.radians(5)), math.cos(math.radians(5))
+    assert quaternion_to_attitude(0, s, 0, c)[1] == pytest.approx(10.0)
+    assert quaternion_to_attitude(s, 0, 0, c)[2] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="quaternion"):
+        quaternion_to_attitude(math.nan, 0, 0, 1)
+    with pytest.raises(ValueError, match="quaternion"):
+        quaternion_to_attitude(0, 0, 0, 0)
+
+
+def test_priors_expire_and_tilt_sign():
+    cfg = config_mod.from_dict({"node": {"prior_timeout_s": 1.0, "use_imu_tilt": True, "camera_yaw_offset_deg": 90.0}})
+    p = PriorState(cfg)
+    s, c = math.sin(math.radians(5)), math.cos(math.radians(5))
+    p.set_imu(0, s, 0, c, now=10.0)  # nose down 10 deg, body x east
+    p.set_altitude(80.0, now=10.0)
+    p.set_gnss(40.0, -105.0, 0, (100.0, 400.0), now=10.0)
+    pr = p.priors(now=10.5)
+    assert pr.yaw_deg == pytest.approx(180.0)  # east + 90 deg camera offset
+    assert pr.pitch_deg == pytest.approx(-10.0)  # a fixed nadir camera looks backwards when the nose drops
+    assert pr.altitude_m == 80.0
+    assert pr.radius_m == pytest.approx(cfg.node.gnss_prior_radius_m + 60.0)
+    empty = p.priors(now=11.5)
+    assert empty.yaw_deg is None and empty.altitude_m is None and empty.lat is None
+    with pytest.raises(ValueError, match="altitude"):
+        p.set_altitude(math.nan)
+    p.set_gnss(40.0, -105.0, -1, None, now=12.0)  # NO_FIX clears
+    assert p.priors(now=12.0).lat is None
+
+
+def test_mailbox_keeps_only_the_latest():
+    box = LatestMailbox()
+    assert box.put(1) is False
+    assert box.put(2) is True  # 1 dropped
+    assert box.get(0.01) == 2
+    assert box.get(0.01) is None
+    got = []
+    t = threading.Thread(target=lambda: got.append(box.get(5.0)))
+    t.start()
+    time.sleep(0.05)
+    box.put(3)
+    t.join(2)
+    assert got == [3]
+    box.close()
+    assert box.get(5.0) is None and box.closed
+
+
+def test_diagnostic_levels():
+    base = {"last_image_s": 100.0, "received": 5, "errors": 0, "rejected": 0, "last_status": "fix",
+            "last_reason": "", "last_error": ""}
+    assert diagnostic_level(base, None, 100.5, 1.0)[0] == OK
+    assert diagnostic_level(base, None, 101.5, 1.0)[0] == STALE
+    assert diagnostic_level(dict(base, received=0, last_image_s=-math.inf), None, 0.0, 1.0) == (
+        STALE, "no image received yet")
+    assert diagnostic_level(dict(base, errors=1, last_error="boom"), base, 100.5, 1.0) == (
+        ERROR, "inference failed: boom")
+    level, msg = diagnostic_level(dict(base, rejected=2, last_error="bad"), base, 100.5, 1.0)
+    assert level == WARN and "rejected 2" in msg
+    # rejections already reported do not keep the level at WARN
+    assert diagnostic_level(dict(base, rejected=2), dict(base, rejected=2), 100.5, 1.0)[0] == OK
+    assert diagnostic_level(dict(base, last_status="no_fix", last_reason="low score"), base, 100.5, 1.0) == (
+        WARN, "no fix: low score")
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    from mobilegeo_ros.localizer import Localizer
+    from mobilegeo_ros.ros.testing import render_views, synthetic_setup
+
+    setup = synthetic_setup()
+    cfg = config_mod.from_dict({**setup.overrides, "node": {"window_size": 3, "window_s": 5.0, "max_views": 2}})
+    loc = Localizer.from_files(setup.index_dir, cfg)
+    return LocalizationPipeline(loc, cfg), render_views(setup, [(0.4, 0.6), (0.42, 0.6)])
+
+
+def test_pipeline_window_embeds_each_frame_once(pipeline):
+    pipe, views = pipeline
+    calls = []
+    real_embed = pipe.loc.embed
+
+    def counting_embed(images):
+        calls.append(len(images))
+        return real_embed(images)
+
+    pipe.loc.embed = counting_embed
+    try:
+        outs = []
+        for k in range(4):
+            rgb = views[k % 2][0]
+            outs.append(pipe.process(Frame("raw", encode_image(rgb, "bgr8"), stamp_s=100.0 + 0.5 * k)))
+    finally:
+        pipe.loc.embed = real_embed
+    assert calls == [1, 1, 1, 1]  # one embedding per frame, the window reuses the cached ones
+    assert len(pipe.window) == 3
+    assert all(o is not None and o.status == "fix" for o in outs), [o.reason for o in outs]
+    assert outs[-1].views_used == 2  # max_views
+    truth = views[1][1]
+    enu_e, enu_n, _ = pipe.enu.to_enu(*views[1][2], pipe.cfg.node.ground_alt_m)
+    assert math.hypot(outs[-1].e - enu_e, outs[-1].n - enu_n) < 45.0, truth
+    assert outs[-1].vel_en is not None and outs[-1].filter_event == "update"
+    # time going backwards (a bag loop) empties the window
+    pipe.process(Frame("compressed", encode_compressed(views[0][0], "jpeg"), stamp_s=50.0))
+    assert len(pipe.window) == 1
+    assert pipe.filter.counts["time_backwards"] == 1
+
+
+def test_pipeline_counts_bad_frames(pipeline):
+    pipe, _ = pipeline
+    before = pipe.stats.snapshot()["rejected"]
+    assert pipe.process(Frame("raw", {"height": 2, "width": 2, "encoding": "yuv422", "is_bigendian": 0, "step": 4,
+                                      "data": bytes(8)}, stamp_s=1.0)) is None
+    assert pipe.process(Frame("compressed", {"format": "jpeg", "data": b"\xff\xd8\xff" + bytes(10)},
+                              stamp_s=1.0)) is None
+    snap = pipe.stats.snapshot()
+    assert snap["rejected"] == before + 2 and "jpeg" in snap["last_error"].lower()
