@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 from pyproj import Transformer
 
-ArrayLike = "float | np.ndarray"
 
 
 class LocalENU:

@@ -227,6 +227,8 @@ def run_replay(bag: str | Path, index_dir: str | Path, report_dir: str | Path, r
                         "rate": rate, "use_sim_time": use_sim_time, "reliable_qos": reliable,
                         "ros_domain_id": domain, "node_parameters": node_params, "remaps": remaps,
                         "node_returncode": record["returncode"], "node_diagnostics": record["diagnostics"]})
+        if config is None:  # the copy of the index's config moves with the report
+            node_params["config_file"] = str((report_dir / config_file.name).resolve())
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         if report_dir.exists():
             report_dir.rmdir()  # empty (checked above)
