@@ -160,3 +160,16 @@ def test_pipeline_counts_bad_frames(pipeline):
                               stamp_s=1.0)) is None
     snap = pipe.stats.snapshot()
     assert snap["rejected"] == before + 2 and "jpeg" in snap["last_error"].lower()
+
+
+def test_published_covariance_never_drops_below_the_latest_fix():
+    from mobilegeo_ros.ros.pipeline import covariance_upper_bound
+
+    filtered = np.array([[4.0, 0.0], [0.0, 100.0]])
+    single = np.array([[25.0, 0.0], [0.0, 25.0]])
+    bound = covariance_upper_bound(filtered, single)
+    np.testing.assert_allclose(bound, [[25.0, 0.0], [0.0, 100.0]])
+    for cov in (filtered, single):
+        assert np.linalg.eigvalsh(bound - cov).min() >= -1e-9
+    # When the filter is already the more uncertain one, it is published unchanged.
+    np.testing.assert_allclose(covariance_upper_bound(single * 2, single), single * 2)

@@ -418,13 +418,26 @@ class LocalizationPipeline:
                           f"predicted track")
             return out
         out.e, out.n = float(r.position[0]), float(r.position[1])
-        out.cov_en = r.position_cov
+        out.cov_en = covariance_upper_bound(r.position_cov, cov)
         out.vel_en, out.vel_cov = r.velocity, r.velocity_cov
         out.lat, out.lon, _ = self.enu.to_wgs84(out.e, out.n, 0.0)
         return out
 
 
+def covariance_upper_bound(filtered: np.ndarray, single: np.ndarray) -> np.ndarray:
+    """The smallest-effort covariance that bounds both the filter's and the latest single fix's (2×2, m²).
+
+    Consecutive fixes share their errors (the same off-centre or wrong tile is matched frame after frame), so
+    averaging them does not shrink the true error the way a Kalman filter assumes for independent measurements. The
+    published uncertainty therefore never drops below the latest fix's: ``filtered + positive part(single -
+    filtered)``, which is ⪰ both in the positive-semidefinite order.
+    """
+    diff = 0.5 * ((single - filtered) + (single - filtered).T)
+    w, v = np.linalg.eigh(diff)
+    return filtered + (v * np.clip(w, 0.0, None)) @ v.T
+
+
 __all__ = [
-    "ERROR", "OK", "STALE", "UNKNOWN_VARIANCE", "WARN", "Frame", "LatestMailbox", "LocalizationPipeline", "Output",
+    "ERROR", "OK", "STALE", "UNKNOWN_VARIANCE", "WARN", "Frame", "covariance_upper_bound", "LatestMailbox", "LocalizationPipeline", "Output",
     "PriorState", "Stats", "diagnostic_level", "heading_to_quaternion", "quaternion_to_attitude",
 ]
