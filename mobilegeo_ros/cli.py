@@ -7,6 +7,10 @@ Verbs:
   demo [--out DIR]                                           the README demo on real imagery (dgsamples)
   make-bag MAP.tif --out BAG [--storage sqlite3|mcap] [...]  rosbag2 of a synthetic flight (camera, imu, truth)
   replay BAG --index INDEX_DIR --report DIR [--rate X]       play a bag into localize_node, report the errors
+  train --config PRESET_OR_YAML --out RUN_DIR [--resume]     train the student/teacher (torchrun for DDP)
+  eval --data ROOT --format F --model CKPT --out DIR         Recall@K / AP (University-1652 protocol)
+  export --format onnx|tensorrt --out FILE [--model CKPT]    deployable model + identity sidecar
+  bench [--batches 1,32] [--json FILE]                       backend benchmark: FLOPs, params, images/s, p50/p99
 
 Expected user mistakes (missing or non-georeferenced files, bad config, mismatched model/index, unreadable images)
 print one line ``mobilegeo: error: ...`` and exit with status 2; nothing half-written is left behind.
@@ -45,11 +49,47 @@ def _config(path: str | None) -> Config:
     return load_config(path)
 
 
+def _add_backend_option(p: argparse.ArgumentParser) -> None:
+    """``--backend``/``--device``/``--precision`` for the verbs that embed images (override the model section)."""
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
+                   help="inference backend (overrides model.backend); an unavailable one fails at start naming the "
+                        "missing package")
+    p.add_argument("--device", help="inference device, e.g. cpu, cuda, cuda:0 (overrides model.device)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="overrides model.precision")
+
+
+def _apply_backend(cfg: Config, args: argparse.Namespace) -> Config:
+    """Apply the ``--backend``/``--device``/``--precision`` options (absent ones keep the config's values)."""
+    for key in ("backend", "device", "precision"):
+        value = getattr(args, key, None)
+        if value:
+            setattr(cfg.model, key, value)
+    return cfg.validate()
+
+
+def _backend_given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, k, None) for k in ("backend", "device", "precision"))
+
+
+def _index_build_config(index_dir: Path) -> Config:
+    """The config an index was built with (``index.json`` → map → build_config), as `localize` uses by default."""
+    from mobilegeo_ros.config import from_dict
+    from mobilegeo_ros.index.tile_index import META_FILE, IndexFileError
+
+    meta_path = Path(index_dir) / META_FILE
+    try:
+        stored = json.loads(meta_path.read_text())["map"]["build_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise IndexFileError(f"index {str(index_dir)!r}: {META_FILE} is missing or does not record the config it "
+                             "was built with; pass one (--config)") from None
+    return from_dict(stored)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 def cmd_build_index(args: argparse.Namespace) -> int:
     from mobilegeo_ros.index.build import build_index
 
-    cfg = _config(args.config)
+    cfg = _apply_backend(_config(args.config), args)
     if args.kind:
         cfg.index.kind = args.kind
         cfg.validate()
@@ -97,7 +137,10 @@ def cmd_localize(args: argparse.Namespace) -> int:
         raise CliError("no images given")
     images = [_read_image(Path(p)) for p in args.images]  # validate every file before any work
     # Settings come from the index (how it was built) unless a config file overrides them.
-    localizer = Localizer.from_files(Path(args.index), _config(args.config) if args.config else None)
+    cfg = _config(args.config) if args.config else None
+    if _backend_given(args):
+        cfg = _apply_backend(cfg or _index_build_config(Path(args.index)), args)
+    localizer = Localizer.from_files(Path(args.index), cfg)
     priors = Priors(yaw_deg=args.yaw_deg, pitch_deg=args.pitch_deg, roll_deg=args.roll_deg,
                     altitude_m=args.altitude_m, hfov_deg=args.hfov_deg)
     for path, image in zip(args.images, images):
@@ -117,7 +160,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mobilegeo_ros.demo import default_cache_dir, format_table, run_demo
 
-    cfg = _config(args.config)
+    cfg = _apply_backend(_config(args.config), args)
     out = Path(args.out) if args.out else default_cache_dir() / "demo"
     summary_path = run_demo(out, cfg, n_views=args.views, seed=args.seed, progress=not args.quiet)
     summary = json.loads(summary_path.read_text())
@@ -173,7 +216,110 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.model.export import export_onnx_file, export_tensorrt_file
+
+    cfg = _config(args.config)
+    if args.model:
+        if not Path(args.model).is_file():
+            raise CliError(f"--model {args.model!r} does not exist")
+        cfg.model.weights = args.model
+    if args.input_px:
+        cfg.model.input_px = args.input_px
+    cfg.validate()
+    if args.format == "onnx":
+        if args.precision and args.precision != "fp32":
+            raise CliError("--precision applies to --format tensorrt only (the ONNX graph is fp32)")
+        out = export_onnx_file(cfg.model, Path(args.out), opset=args.opset)
+        print(f"ONNX (opset {args.opset}, input images B×3×{cfg.model.input_px}×{cfg.model.input_px} float32, dynamic "
+              f"batch; output embeddings B×D) written to {out} (+ {out.name}.json identity)")
+        return 0
+    if args.max_batch < 1:
+        raise CliError("--max-batch must be at least 1")
+    out = export_tensorrt_file(cfg, Path(args.out), precision=args.precision or "fp16",
+                               calib_map=Path(args.calib_map) if args.calib_map else None,
+                               calib_images=args.calib_images, max_batch=args.max_batch,
+                               workspace_mib=args.workspace_mib)
+    print(f"TensorRT engine written to {out} (+ {out.name}.json identity)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.model.bench import format_table, run_backend_bench, write_json
+
+    cfg = _config(args.config)
+    try:
+        batches = tuple(int(b) for b in args.batches.split(",") if b)
+    except ValueError:
+        raise CliError(f"--batches {args.batches!r}: expected comma-separated integers, e.g. 1,32") from None
+    if not batches or min(batches) < 1:
+        raise CliError("--batches: need positive batch sizes")
+    models = tuple(m for m in args.models.split(",") if m)
+    if not models or set(models) - {"student", "teacher"}:
+        raise CliError(f"--models {args.models!r}: choose from student,teacher")
+    result = run_backend_bench(batches, args.threads, args.min_seconds, models, cfg.model,
+                               log=None if args.quiet else print)
+    print()
+    print(format_table(result))
+    if args.json:
+        print(f"written to {write_json(result, Path(args.json))}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.train.config import load_run_config
+    from mobilegeo_ros.train.loop import train
+
+    overrides = dict(_node_param(p) for p in args.set)
+    if args.data:
+        overrides["data_root"] = args.data
+    run = load_run_config(args.config, overrides)
+    out = train(run, Path(args.out), resume=args.resume, progress=not args.quiet)
+    print(f"run written to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.eval.retrieval import retrieval_metrics
+    from mobilegeo_ros.model import load_model
+    from mobilegeo_ros.train import datasets as D
+    from mobilegeo_ros.train.config import load_run_config
+
+    run = load_run_config(args.config or "student-plain", {"data_root": args.data, "data_format": args.format})
+    model_cfg = run.core.model
+    if args.model:
+        model_cfg.weights = args.model
+    model = load_model(model_cfg)
+    if args.format == "ortho":
+        from mobilegeo_ros.geo.raster import read_orthophoto
+        from mobilegeo_ros.train.loop import ortho_data_config
+
+        t = run.train
+        drone = read_orthophoto(args.drone_map, run.core.map) if args.drone_map else None
+        data = D.SyntheticOrtho(read_orthophoto(args.data, run.core.map), args.split, ortho_data_config(run),
+                                run.core.render, seed=t.seed, drone_ortho=drone)
+        tasks = {task: data.retrieval_task(task, args.views) for task in D.TASKS}
+    elif args.format == "university1652":
+        tasks = {task: D.university1652_task(args.data, task) for task in D.TASKS}
+    else:
+        tasks = {task: D.sues200_task(args.data, args.altitude, task) for task in D.TASKS}
+    result: dict = {"model": model.identity(), "data": args.data, "format": args.format}
+    for task, (query, gallery) in tasks.items():
+        qf = model.embed([query.image(i) for i in range(len(query))])
+        gf = model.embed([gallery.image(i) for i in range(len(gallery))])
+        result[task] = retrieval_metrics(qf, query.labels, gf, gallery.labels)
+        m = result[task]
+        print(f"{task}: R@1 {m['recall@1']:.2f}  R@5 {m['recall@5']:.2f}  R@10 {m['recall@10']:.2f}  "
+              f"R@top1% {m['recall@top1%']:.2f}  AP {m['AP']:.2f}  ({m['queries']} queries, {m['gallery']} gallery)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out / "metrics.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mobilegeo",
@@ -195,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "reprojected to UTM)")
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="output index directory (written atomically)")
     p.add_argument("--kind", choices=["flat", "ivf", "hnsw"], help="override index.kind")
+    _add_backend_option(p)
     common(p)
     p.set_defaults(func=cmd_build_index)
 
@@ -225,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--altitude-m", type=float, help="altitude above ground prior (with --hfov-deg picks the tile "
                                                     "scale; with attitude corrects the tilt offset)")
     p.add_argument("--hfov-deg", type=float, help="camera horizontal field of view")
+    _add_backend_option(p)
     common(p)
     p.set_defaults(func=cmd_localize)
 
@@ -236,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="report directory (default: ~/.cache/mobilegeo/demo)")
     p.add_argument("--views", type=int, default=40, help="number of drone views (default 40)")
     p.add_argument("--seed", type=int, default=0)
+    _add_backend_option(p)
     common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -279,6 +428,73 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "with)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("export", help="export the embedding model to ONNX or a TensorRT engine",
+                       description="Export the embedding model (weights --model, default the shipped ImageNet "
+                                   "weights) to ONNX (input 'images' B×3×S×S float32 with a dynamic batch axis, "
+                                   "output 'embeddings' B×D, opset --opset) or build a TensorRT engine from that ONNX "
+                                   "(needs the tensorrt package and a CUDA GPU; int8 calibrates on images rendered "
+                                   "from --calib-map). A FILE.json identity is written next to FILE, so indexes "
+                                   "built with the torch backend serve the export (set model.weights to FILE).")
+    p.add_argument("--model", metavar="CKPT", help="weights file (safetensors or torch state dict); default: "
+                                                   "model.weights or the shipped ImageNet weights")
+    p.add_argument("--format", choices=["onnx", "tensorrt"], required=True)
+    p.add_argument("--out", required=True, metavar="FILE", help="output .onnx, or .engine/.plan for tensorrt")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--input-px", type=int, help="network input size (default model.input_px)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT precision (default fp16)")
+    p.add_argument("--calib-map", metavar="MAP.tif", help="int8: orthophoto the calibration images are rendered "
+                                                          "from (the map the engine will serve)")
+    p.add_argument("--calib-images", type=int, default=256, help="int8: calibration images (default 256)")
+    p.add_argument("--max-batch", type=int, default=32, help="TensorRT: largest batch of the profile (default 32)")
+    p.add_argument("--workspace-mib", type=int, default=1024, help="TensorRT builder workspace, MiB (default 1024)")
+    common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="benchmark the inference backends (table + JSON)",
+                       description="Time the student embedding (model section of --config) and the teacher "
+                                   "baseline on every available backend (torch, onnxruntime, CUDA variants, "
+                                   "tensorrt): FLOPs, parameters, images/s and latency p50/p99 per batch size. "
+                                   "Unavailable backends are listed with the reason.")
+    p.add_argument("--batches", default="1,32", help="batch sizes (default 1,32)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="time per measurement (default 3)")
+    p.add_argument("--models", default="student,teacher", help="student,teacher (default both)")
+    p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
+    common(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train", help="train the student or the teacher (presets or a YAML file)",
+                       description="Train per a preset (teacher, student-plain, student-hdcvgl, student-csphd) or a "
+                                   "YAML file (core sections + a train: section, see mobilegeo_ros/train/config.py). "
+                                   "Writes RUN_DIR/config.yaml, metrics.jsonl, checkpoints (safetensors), "
+                                   "model.safetensors, student.safetensors (model.weights for the node) and eval.json. "
+                                   "Multi-GPU: torchrun --nproc_per_node N -m mobilegeo_ros.cli train ...")
+    p.add_argument("--config", required=True, metavar="PRESET_OR_YAML")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (must be empty unless --resume)")
+    p.add_argument("--data", metavar="PATH", help="override train.data_root (GeoTIFF or dataset root)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY:=VALUE",
+                   help="override a train key, e.g. max_steps:=100 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="cross-view retrieval metrics (University-1652 protocol)",
+                       description="Embed query and gallery images with a model and write DIR/metrics.json with "
+                                   "Recall@1/5/10, Recall@top1% and AP for drone2sat and sat2drone, computed as the "
+                                   "official University-1652 evaluation does.")
+    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root, or a GeoTIFF for --format ortho")
+    p.add_argument("--format", required=True, choices=["university1652", "sues200", "ortho"])
+    p.add_argument("--model", default="", metavar="CKPT", help="student.safetensors of a run (default: the "
+                                                               "configured/shipped model)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--config", metavar="PRESET_OR_YAML", help="run config (model, render and train.* geometry)")
+    p.add_argument("--altitude", default="150", help="sues200 altitude folder (default 150)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="ortho split (default test)")
+    p.add_argument("--views", type=int, default=None, help="ortho: drone views per location (default train.views)")
+    p.add_argument("--drone-map", metavar="TIF", help="ortho: second image of the area for the drone views "
+                                                      "(domain-shift evaluation)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -10,6 +10,7 @@ YAML layout (every section optional, every key optional)::
     model:     {name: mobilenetv2_gem, weights: "", ...}
     index:     {kind: flat, heading: gallery_rotations, ...}
     estimator: {top_k: 10, ...}
+    refine:    {enabled: true, features: sift, top_k: 5, ...}
     render:    {image_width_px: 640, ...}
 
 A ROS parameter file (``localize_node: {ros__parameters: {...}}``) is accepted as well; there the sections are
@@ -63,6 +64,8 @@ class ModelConfig:
     gem_p: float = _f(3.0, "GeM pooling exponent p (1 = average pooling, large = max pooling)", min=1.0, max=10.0)
     backend: str = _f("torch", "inference backend: torch | onnxruntime | tensorrt")
     device: str = _f("cpu", "torch device (cpu, cuda, cuda:0)")
+    precision: str = _f("fp32", "inference precision: fp32 | fp16 (torch on CUDA, tensorrt) | int8 (tensorrt, "
+                                "calibrated engine)")
     num_threads: int = _f(2, "CPU threads for inference (0 = library default)", min=0, max=256)
     batch_size: int = _f(32, "images per forward pass when embedding many images", min=1, max=4096)
 
@@ -97,6 +100,59 @@ class EstimatorConfig:
                                    min=0.0, max=1.0)
     sigma_floor_m: float = _f(0.0, "smallest reported 1-sigma; 0 = a quarter of the matched tile size", min=0.0)
     sigma_scale: float = _f(1.0, "multiplier on the reported 1-sigma (calibration)", min=0.1, max=100.0)
+
+
+@dataclass
+class RefineConfig:
+    """Geometric refinement and verification of the retrieved tiles (local features + homography on the map)."""
+
+    enabled: bool = _f(True, "register the newest view against the map around the top retrieved tiles (metre-level "
+                             "fix, heading, verification); false = retrieval only (fastest)")
+    features: str = _f("sift", "local features: sift | orb | akaze")
+    top_k: int = _f(5, "retrieved tiles (best first) whose map windows are registered", min=1, max=100)
+    max_features: int = _f(3000, "keypoints kept in the view (strongest first)", min=16, max=100000)
+    block_px: int = _f(256, "map keypoints are detected once per square block of this side (cached), pixels",
+                       min=64, max=4096)
+    block_features: int = _f(1000, "keypoints kept per map block (strongest first)", min=16, max=100000)
+    window_margin_m: float = _f(20.0, "extra ground margin around tile + view footprint in the map window, metres",
+                                min=0.0)
+    ratio: float = _f(0.9, "Lowe ratio test: best / second-best descriptor distance below this", min=0.1, max=1.0)
+    orientation_tolerance_deg: float = _f(30.0, "keep matches whose keypoint rotation is within this of the "
+                                                "dominant one; 0 = no orientation filter", min=0.0, max=180.0)
+    ransac: str = _f("magsac", "robust homography estimator: magsac (cv2.USAC_MAGSAC) | ransac (cv2.RANSAC)")
+    ransac_threshold_px: float = _f(3.0, "inlier threshold at the matching resolution, pixels", min=0.1,
+                                    max=100.0)
+    ransac_iterations: int = _f(2000, "maximum robust-estimator iterations", min=10, max=1000000)
+    min_inliers: int = _f(15, "verification: fewest homography inliers", min=4)
+    min_inlier_ratio: float = _f(0.1, "verification: fewest inliers per ratio-test match", min=0.0, max=1.0)
+    min_inlier_spread: float = _f(0.05, "verification: convex hull of the inliers covers at least this fraction of "
+                                        "the image", min=0.0, max=1.0)
+    max_scale_ratio: float = _f(1.35, "verification: registered ground resolution within this factor of the "
+                                      "expected one (altitude prior known; squared without it)", min=1.0)
+    max_anisotropy: float = _f(1.6, "verification: largest ratio of the homography's two local scales (tilt, "
+                                    "shear)", min=1.0)
+    max_heading_error_deg: float = _f(30.0, "verification: registered heading within this of the yaw prior, "
+                                            "degrees", min=0.0, max=180.0)
+    ambiguity_ratio: float = _f(0.7, "no fix when another verified candidate elsewhere has at least this share of "
+                                     "the best one's inliers", min=0.0, max=1.0)
+    ambiguity_distance_m: float = _f(15.0, "verified candidates closer than this agree (no ambiguity), metres",
+                                     min=0.0)
+    stop_inliers: int = _f(100, "stop registering further candidates once one verifies with this many inliers; 0 "
+                                "= register all top_k", min=0)
+    fallback: str = _f("retrieval", "when no candidate verifies: retrieval (the retrieval fix with its larger "
+                                    "sigma) | no_fix")
+    sigma_floor_m: float = _f(2.5, "smallest reported 1-sigma of the registered image-centre point (building "
+                                    "parallax, date changes: 1-3 m on real imagery), metres", min=0.0)
+    sigma_scale: float = _f(2.0, "multiplier on the 1-sigma propagated from the inlier residuals (they ignore "
+                                 "building parallax and date changes)", min=0.1, max=100.0)
+    attitude_sigma_deg: float = _f(1.0, "1-sigma of the pitch/roll prior: adds altitude*tan(this) to the sigma of "
+                                        "the drone position under a tilted camera, degrees", min=0.0, max=45.0)
+    every_n_frames: int = _f(1, "node: refine every n-th frame (the others get retrieval only); 0 = never",
+                             min=0, max=1000)
+    max_time_s: float = _f(0.0, "time budget per query: no further candidate is registered once this is spent, "
+                                "seconds; 0 = none", min=0.0)
+    map_path: str = _f("", "orthophoto used for registration; empty = the map recorded in the index (index.json), "
+                           "read with the map settings the index was built with")
 
 
 @dataclass
@@ -181,6 +237,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
 
@@ -191,6 +248,9 @@ class Config:
             "model.name": (self.model.name, ("mobilenetv2_gem",)),
             "index.kind": (self.index.kind, ("flat", "ivf", "hnsw")),
             "index.heading": (self.index.heading, ("gallery_rotations", "query_rotations", "none")),
+            "refine.features": (self.refine.features, ("sift", "orb", "akaze")),
+            "refine.ransac": (self.refine.ransac, ("magsac", "ransac")),
+            "refine.fallback": (self.refine.fallback, ("retrieval", "no_fix")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -368,6 +428,6 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 __all__ = [
-    "Config", "ConfigError", "EstimatorConfig", "IndexConfig", "MapConfig", "ModelConfig", "NodeConfig", "RenderConfig",
-    "describe", "flatten", "from_dict", "from_flat", "load_config", "to_dict",
+    "Config", "ConfigError", "EstimatorConfig", "IndexConfig", "MapConfig", "ModelConfig", "NodeConfig", "RefineConfig",
+    "RenderConfig", "describe", "flatten", "from_dict", "from_flat", "load_config", "to_dict",
 ]

@@ -8,7 +8,8 @@ Steps (each takes paths and returns paths):
 1. :func:`build_demo_index`: tile pyramid + embeddings of the WV2 map → index directory (cached; the imagery's licence
    forbids committing anything derived from it, so the cache lives outside the repository).
 2. :func:`run_demo`: render views from WV3 at random poses, localize each with the IMU attitude and the altitude as
-   priors (no heading: the heading comes from the match), and write ``summary.json``, ``fixes.csv`` and ``track.png``.
+   priors (no heading: the heading comes from the match), refined geometrically against the map when
+   ``refine.enabled``, and write ``summary.json``, ``fixes.csv`` and ``track.png``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache
 
     log(f"[3/3] localizing {n_views} views (priors: IMU pitch/roll and altitude; heading unknown)")
     cols = index.columns
-    rows_out, hits, errors, sigmas, is_fix, heading_err, latencies = [], [], [], [], [], [], []
+    rows_out, hits, errors, sigmas, is_fix, heading_err, latencies, refined = [], [], [], [], [], [], [], []
     for i, pose in enumerate(tqdm(poses, desc="localize", unit="view", disable=not progress)):
         image = photometric(render_view(drone_map, pose, camera), rng, cfg.render)
         priors = Priors(pitch_deg=pose.pitch_deg, roll_deg=pose.roll_deg, altitude_m=pose.altitude_m,
@@ -91,6 +92,7 @@ def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache
         sigmas.append(fix.sigma_m)
         is_fix.append(fix.status == "fix")
         latencies.append(fix.latency_s)
+        refined.append(fix.refined)
         if fix.heading_deg is not None:
             heading_err.append(abs((fix.heading_deg - pose.yaw_deg + 180.0) % 360.0 - 180.0))
         rows_out.append({
@@ -98,7 +100,8 @@ def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache
             "altitude_m": pose.altitude_m, "yaw_deg": pose.yaw_deg, "pitch_deg": pose.pitch_deg,
             "roll_deg": pose.roll_deg, "status": fix.status, "est_e": fix.easting, "est_n": fix.northing,
             "lat": fix.lat, "lon": fix.lon, "error_m": err, "sigma_m": fix.sigma_m, "score": fix.score,
-            "heading_deg": fix.heading_deg, "latency_ms": 1e3 * fix.latency_s, "reason": fix.reason,
+            "heading_deg": fix.heading_deg, "latency_ms": 1e3 * fix.latency_s, "refined": fix.refined,
+            "inliers": fix.inliers, "reason": fix.reason,
         })
     for r in rows_out:
         r["true_lat"], r["true_lon"] = drone_map.map_to_wgs84(r["true_e"], r["true_n"])
@@ -113,6 +116,7 @@ def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache
         "index_vectors": index.ntotal, "views": n_views, "seed": seed,
         **recall, **stats.as_dict(),
         "median_error_all_views_m": float(np.median(errors_a)),
+        "refine": cfg.refine.enabled, "refined_rate": float(np.mean(refined)),
         "median_heading_error_deg": float(np.median(heading_err)) if heading_err else None,
         "mean_latency_ms": 1e3 * float(np.mean(latencies)),
         "index_time_s": t_index, "total_time_s": time.perf_counter() - t_start,
@@ -172,10 +176,12 @@ def format_table(summary: dict) -> str:
         v = summary.get(key)
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
-    head = ("| views | fixes | recall@1 | recall@5 | recall@10 | median err (fixes) | p95 err | within 2σ | "
+    head = ("| views | fixes | refined | recall@1 | recall@5 | recall@10 | median err (fixes) | p95 err | within 2σ | "
             "median heading err | ms/query |")
-    sep = "|" + "---|" * 10
-    row = (f"| {summary['views']} | {summary['fixes']} ({100 * summary['fix_rate']:.0f} %) | {f('recall@1')} % | "
+    sep = "|" + "---|" * 11
+    refined = "off" if not summary.get("refine", False) else f"{100 * summary.get('refined_rate', 0.0):.0f} %"
+    row = (f"| {summary['views']} | {summary['fixes']} ({100 * summary['fix_rate']:.0f} %) | {refined} | "
+           f"{f('recall@1')} % | "
            f"{f('recall@5')} % | {f('recall@10')} % | {f('median_error_m')} m | {f('p95_error_m')} m | "
            f"{100 * summary['within_2sigma_fraction']:.0f} % | {f('median_heading_error_deg')}° | "
            f"{f('mean_latency_ms', '{:.0f}')} |")

@@ -14,6 +14,12 @@ Heading (``index.heading``):
   ``index.rotations`` rotated copies of the query are searched and the best is kept;
 * ``none``: north-up views only.
 
+Refinement (``refine.enabled``, :mod:`mobilegeo_ros.estimator.refine`): the newest view is registered with local
+features and a homography against the orthophoto around the ``refine.top_k`` best tiles (the map the index was cut
+from, read once on first use). The verified candidate with the most inliers gives a metre-level position, the heading
+and a covariance from the inlier geometry; candidates failing verification are rejected; two verified candidates that
+disagree give no fix; when none verifies, the retrieval fix is kept with its larger sigma (``refine.fallback``).
+
 Priors (all optional): attitude (yaw/pitch/roll, degrees, from the IMU) and altitude above ground (metres) move the
 estimate from the ground point under the image centre to the point under the drone; a prior position with a radius
 bounds the search.
@@ -21,6 +27,7 @@ bounds the search.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,8 +37,10 @@ import cv2
 import numpy as np
 from pyproj import CRS, Transformer
 
-from mobilegeo_ros.config import Config, from_dict
+from mobilegeo_ros.config import Config, MapConfig, from_dict
+from mobilegeo_ros.estimator.refine import Choice, Refiner, choose, expected_gsd
 from mobilegeo_ros.estimator.retrieval import RetrievalEstimate, estimate
+from mobilegeo_ros.geo.raster import GeoError, read_orthophoto
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground
 from mobilegeo_ros.index.tile_index import (
     IndexFileError,
@@ -78,6 +87,9 @@ class Fix:
     tile_id: int = -1
     latency_s: float = 0.0
     views_used: int = 0
+    refined: bool = False  # position and heading from the geometric registration (else retrieval only)
+    inliers: int = 0  # homography inliers of the chosen registration
+    registered_heading_deg: float | None = None  # heading measured by the registration (None when not refined)
     retrieval: RetrievalEstimate | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
@@ -86,7 +98,7 @@ class Fix:
             "status": self.status, "lat": self.lat, "lon": self.lon, "easting": self.easting,
             "northing": self.northing, "sigma_m": self.sigma_m, "score": self.score, "heading_deg": self.heading_deg,
             "tile_id": self.tile_id, "views_used": self.views_used, "latency_ms": 1e3 * self.latency_s,
-            "reason": self.reason,
+            "refined": self.refined, "inliers": self.inliers, "reason": self.reason,
         }
 
 
@@ -113,8 +125,12 @@ def rotate_to_heading(square: np.ndarray, yaw_deg: float, target_deg: float = 0.
 class Localizer:
     """Camera views → :class:`Fix`. Thread-compatible: one call at a time per instance."""
 
-    def __init__(self, index: TileIndex, model: EmbeddingModel, cfg: Config):
+    def __init__(self, index: TileIndex, model: EmbeddingModel, cfg: Config, index_dir: str | Path | None = None):
         self.index, self.model, self.cfg = index, model, cfg
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self._refiner: Refiner | None = None
+        # Resolved now so that a moved map fails at start-up with a clear message; its pixels are read on first use.
+        self.map_path = self._resolve_map_path() if cfg.refine.enabled else None
         cols = index.columns
         self._e, self._n = cols["center_e"], cols["center_n"]
         self._size, self._rot = cols["size_m"], cols["rotation_deg"]
@@ -147,15 +163,16 @@ class Localizer:
             raise IndexMismatchError(f"index {str(index_dir)!r} was built with a different embedding model: "
                                      f"{'; '.join(diffs)}. Rebuild it with `mobilegeo build-index` or configure "
                                      "the model it was built with")
-        return cls(index, model, cfg)
+        return cls(index, model, cfg, index_dir=index_dir)
 
     # ---------------------------------------------------------------------------------------------------------------
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         """Embed the central squares of camera views: list of H×W×3 uint8 RGB → N×D float32 (north-up unknown)."""
         return self.model.embed([center_square(im) for im in images])
 
-    def localize(self, images: list[np.ndarray], priors: Priors | None = None) -> Fix:
-        """Localize one window of views (all assumed to see about the same place; the newest is last)."""
+    def localize(self, images: list[np.ndarray], priors: Priors | None = None, refine: bool = True) -> Fix:
+        """Localize one window of views (all assumed to see about the same place; the newest is last, and it is the
+        one registered against the map when ``refine`` and ``refine.enabled``)."""
         t0 = time.perf_counter()
         priors = priors or Priors()
         if not images:
@@ -170,19 +187,24 @@ class Localizer:
             queries = np.stack([
                 self._fuse(self.model.embed([rotate_to_heading(sq, a) for sq in squares])) for a in angles
             ])
-            fix = self._localize_queries(queries, priors, query_angles=angles)
+            est = self._localize_queries(queries, priors, query_angles=angles)
         else:
-            fix = self._localize_queries(self._fuse(self.embed(images))[None], priors)
+            est = self._localize_queries(self._fuse(self.embed(images))[None], priors)
+        fix = self._finish(est, priors, images[-1] if refine else None)
         fix.latency_s = time.perf_counter() - t0
         fix.views_used = len(images)
         return fix
 
-    def localize_embeddings(self, embeddings: np.ndarray, priors: Priors | None = None) -> Fix:
-        """Localize from already computed view embeddings (N×D; rows from :meth:`embed`)."""
+    def localize_embeddings(self, embeddings: np.ndarray, priors: Priors | None = None,
+                            image: np.ndarray | None = None) -> Fix:
+        """Localize from already computed view embeddings (N×D; rows from :meth:`embed`). ``image`` (H×W×3 uint8
+        RGB, the newest view) is registered against the map when given and ``refine.enabled``."""
         t0 = time.perf_counter()
         if self.cfg.index.heading == "query_rotations":
             raise ValueError("index.heading=query_rotations needs the images: call localize()")
-        fix = self._localize_queries(self._fuse(np.asarray(embeddings, np.float32))[None], priors or Priors())
+        priors = priors or Priors()
+        est = self._localize_queries(self._fuse(np.asarray(embeddings, np.float32))[None], priors)
+        fix = self._finish(est, priors, image)
         fix.latency_s = time.perf_counter() - t0
         fix.views_used = len(embeddings)
         return fix
@@ -247,7 +269,7 @@ class Localizer:
             kk = min(n, kk * 4)
 
     def _localize_queries(self, queries: np.ndarray, priors: Priors,
-                          query_angles: list[float] | None = None) -> Fix:
+                          query_angles: list[float] | None = None) -> RetrievalEstimate:
         """Search each query (Q×D; Q > 1 only for query rotations) and estimate from the best-scoring one."""
         best: tuple[float, np.ndarray, np.ndarray, float | None] | None = None
         for qi, q in enumerate(queries):
@@ -261,7 +283,106 @@ class Localizer:
             _, scores, rows, angle = best
             rot = self._rot[rows] if angle is None else np.full(len(rows), angle)
             est = estimate(scores, rows, self._e[rows], self._n[rows], self._size[rows], rot, self.cfg.estimator)
-        return self._to_fix(est, priors)
+        return est
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Geometric refinement
+
+    def _resolve_map_path(self) -> Path:
+        """The orthophoto to register against: ``refine.map_path``, else the map recorded in the index, else a file
+        of the same name and content (sha256) next to the index directory (an index moved together with its map)."""
+        if self.cfg.refine.map_path:
+            path = Path(self.cfg.refine.map_path)
+            if not path.is_file():
+                raise GeoError(f"refine.map_path {str(path)!r} does not exist")
+            return path
+        info = self.index.map_info
+        recorded = info.get("path")
+        if not recorded:
+            raise GeoError("the index does not record the map it was cut from; set refine.map_path (or "
+                           "refine.enabled false)")
+        path = Path(recorded)
+        if path.is_file():
+            return path
+        if self.index_dir is not None and info.get("name"):
+            for cand in (self.index_dir.parent / info["name"], self.index_dir / info["name"]):
+                if cand.is_file() and (not info.get("sha256") or _sha256(cand) == info["sha256"]):
+                    return cand
+        raise GeoError(f"the map this index was cut from, {recorded!r}, is not there any more (moved or deleted); "
+                       "refinement needs it: set refine.map_path to its new location, or refine.enabled false")
+
+    def refiner(self) -> Refiner:
+        """The :class:`Refiner` on the index's orthophoto (read on the first call, with the map settings the index
+        was built with, e.g. its pansharpening)."""
+        if self._refiner is None:
+            if self.map_path is None:
+                self.map_path = self._resolve_map_path()
+            stored = self.index.map_info.get("build_config", {}).get("map")
+            map_cfg = from_dict({"map": stored}).map if stored else MapConfig(**vars(self.cfg.map))
+            self._refiner = Refiner(read_orthophoto(self.map_path, map_cfg), self.cfg.refine)
+        return self._refiner
+
+    def _finish(self, est: RetrievalEstimate, priors: Priors, image: np.ndarray | None) -> Fix:
+        """Retrieval estimate (+ the newest view to register, or None) -> :class:`Fix`."""
+        fix = self._to_fix(est, priors)
+        if image is None or not self.cfg.refine.enabled or not est.ranked_rows:
+            return fix
+        choice = self._register(image, est, priors)
+        if choice.status == "refined":
+            return self._refined_fix(est, choice, priors)
+        if choice.status == "ambiguous" or self.cfg.refine.fallback == "no_fix":
+            return Fix(status="no_fix", lat=float("nan"), lon=float("nan"), easting=float("nan"),
+                       northing=float("nan"), sigma_m=float("nan"), cov_en=np.full((2, 2), np.nan), score=est.score,
+                       heading_deg=fix.heading_deg, reason=choice.reason, tile_id=fix.tile_id, retrieval=est)
+        fix.reason = f"{fix.reason}; {choice.reason}" if fix.reason else f"retrieval only: {choice.reason}"
+        return fix
+
+    def _register(self, image: np.ndarray, est: RetrievalEstimate, priors: Priors) -> Choice:
+        """Register ``image`` against the map windows of the best ``refine.top_k`` retrieved tiles."""
+        t0 = time.perf_counter()
+        rc = self.cfg.refine
+        refiner = self.refiner()
+        rows = est.ranked_rows[: rc.top_k]
+        h, w = image.shape[:2]
+        gsd, known = expected_gsd(w, h, priors.finite("altitude_m"), priors.finite("hfov_deg"),
+                                  float(self._size[rows[0]]))
+        query = refiner.prepare(image, gsd, known)
+        windows: list[tuple[float, float, float, int]] = []
+        for r in rows:
+            e, n, size = float(self._e[r]), float(self._n[r]), float(self._size[r])
+            # Another pyramid level's tile at about the same place searches the same ground: skip it.
+            if any(math.hypot(e - we, n - wn) < 0.25 * size for we, wn, _, _ in windows):
+                continue
+            windows.append((e, n, refiner.window_half_m(query, size), int(r)))
+        deadline = t0 + rc.max_time_s if rc.max_time_s > 0 else None
+        regs = refiner.register_many(query, windows, priors.finite("yaw_deg"), deadline)
+        return choose(regs, rc)
+
+    def _refined_fix(self, est: RetrievalEstimate, choice: Choice, priors: Priors) -> Fix:
+        reg = choice.best
+        e, n = reg.center_e, reg.center_n
+        cov = np.array(reg.cov_en, float)
+        alt = priors.finite("altitude_m")
+        if alt is not None:
+            # The registration locates the ground under the image centre; the drone is offset from it by its tilt,
+            # known to the attitude prior's accuracy.
+            de, dn = image_to_ground(
+                CameraPose(0.0, 0.0, alt, reg.heading_deg, priors.finite("pitch_deg") or 0.0,
+                           priors.finite("roll_deg") or 0.0),
+                _UNIT_CAMERA, _UNIT_CAMERA.width_px / 2.0, _UNIT_CAMERA.height_px / 2.0,
+            )
+            e, n = e - float(de), n - float(dn)
+            cov = cov + np.eye(2) * (alt * math.tan(math.radians(self.cfg.refine.attitude_sigma_deg))) ** 2
+        lon, lat = self._to_wgs84.transform(e, n)
+        sigma = float(math.sqrt(max(np.trace(cov), 0.0) / 2.0))
+        # A yaw prior stays the published heading (the registration was verified against it); without one the
+        # registration's heading is published.
+        yaw = priors.finite("yaw_deg")
+        return Fix(status="fix", lat=float(lat), lon=float(lon), easting=e, northing=n, sigma_m=sigma, cov_en=cov,
+                   score=est.score, heading_deg=reg.heading_deg if yaw is None else yaw,
+                   registered_heading_deg=reg.heading_deg, reason=f"refined: {choice.reason}",
+                   tile_id=int(self._tile_id[reg.candidate]) if reg.candidate >= 0 else -1, refined=True,
+                   inliers=reg.inliers, retrieval=est)
 
     def _to_fix(self, est: RetrievalEstimate, priors: Priors) -> Fix:
         heading = priors.finite("yaw_deg")
@@ -287,6 +408,14 @@ class Localizer:
             sigma_m=est.sigma_m if est.status == "fix" else float("nan"), cov_en=est.cov_en, score=est.score,
             heading_deg=heading, reason=est.reason, tile_id=tile_id, retrieval=est,
         )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # Only the ray through the principal point is used for the tilt offset, so any intrinsics do.

@@ -10,14 +10,20 @@ from mobilegeo_ros.config import ModelConfig
 from mobilegeo_ros.model.base import EmbeddingModel, ModelError, fingerprint
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def load_model(model_cfg: ModelConfig | None = None) -> EmbeddingModel:
     """Build the embedding model described by ``model_cfg`` (default: ImageNet MobileNetV2-GeM on torch/CPU).
 
-    Raises :class:`ModelError` for an unknown model or backend, missing/corrupt weights, or an unavailable device.
+    ``model_cfg.backend``: torch (CPU/CUDA, fp16 on CUDA), onnxruntime (CPU; CUDA provider when installed) or
+    tensorrt (CUDA; fp16/int8 engines). Raises :class:`ModelError` for an unknown model, backend or precision,
+    missing/corrupt weights, an unavailable device, or a backend whose package is not installed (the message names
+    the package and how to install it).
     """
     cfg = model_cfg if model_cfg is not None else ModelConfig()
+    if cfg.precision not in PRECISIONS:
+        raise ModelError(f"model.precision: unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if cfg.name != "mobilenetv2_gem":
         raise ModelError(f"model.name: unknown model {cfg.name!r}; available: mobilenetv2_gem")
     if cfg.backend == "torch":
@@ -27,9 +33,9 @@ def load_model(model_cfg: ModelConfig | None = None) -> EmbeddingModel:
         from mobilegeo_ros.model.onnx_backend import OnnxRuntimeModel
         return OnnxRuntimeModel(cfg)
     if cfg.backend == "tensorrt":
-        raise ModelError("model.backend: 'tensorrt' is not available yet (it arrives with the inference-backends "
-                         "work); use 'torch' or 'onnxruntime'")
+        from mobilegeo_ros.model.tensorrt_backend import TensorRTModel
+        return TensorRTModel(cfg)
     raise ModelError(f"model.backend: unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "EmbeddingModel", "ModelError", "fingerprint", "load_model"]
+__all__ = ["BACKENDS", "PRECISIONS", "EmbeddingModel", "ModelError", "fingerprint", "load_model"]

@@ -108,16 +108,28 @@ class MobileNetV2GeM(EmbeddingModel):
             raise ModelError(f"model.device: {cfg.device!r} is not a torch device: {e}") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(f"model.device: {cfg.device!r} requested but CUDA is not available to torch")
+        if cfg.precision not in ("fp32", "fp16"):
+            raise ModelError(f"model.precision: {cfg.precision!r} is not supported by the torch backend (fp32, or "
+                             "fp16 on CUDA; int8 needs backend tensorrt)")
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ModelError(f"model.precision: fp16 needs a CUDA device with the torch backend, model.device is "
+                             f"{cfg.device!r}")
+        self.precision = cfg.precision
         net = MobileNetV2GeMNet(gem_p=cfg.gem_p)
         load_weights_into(net, load_state_dict_file(self.weights_path), f"weights file {str(self.weights_path)!r}")
-        self.module: MobileNetV2GeMNet = net.eval().to(self.device)
+        # Identity from the fp32 tensors as loaded, before any fp16 cast: precision is a deployment choice, not
+        # a different model, so an fp32-built index serves an fp16 model of the same weights.
         self._identity = {
             "model": MODEL_NAME,
-            "weights_sha256": state_dict_sha256(self.module.state_dict()),
+            "weights_sha256": state_dict_sha256(net.state_dict()),
             "dim": DIM,
             "preprocessing": preprocessing_spec(self.input_px),
-            "gem_p": float(self.module.gem.p.detach()[0]),
+            "gem_p": float(net.gem.p.detach()[0]),
         }
+        self.module: MobileNetV2GeMNet = net.eval().to(self.device)
+        self._dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        if self.precision == "fp16":
+            self.module.half()
 
     def identity(self) -> dict:
         # The weights hash covers the tensors as loaded (not the file bytes): the shipped .pt file and our
@@ -126,7 +138,7 @@ class MobileNetV2GeM(EmbeddingModel):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, dtype=self._dtype)
             return self.module(x).float().cpu().numpy()
 
 

@@ -25,7 +25,7 @@ from mobilegeo_ros.model.weights import file_sha256, shipped_mobilenetv2_path
 log = logging.getLogger(__name__)
 
 # Bump when the exported graph changes (module code, opset, input/output names) so stale caches are not reused.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -75,17 +75,36 @@ def export_onnx(model_cfg: ModelConfig, out_dir: Path | None = None) -> tuple[Pa
         except (ValueError, KeyError, OSError):
             log.warning("ONNX cache entry %s is unreadable; exporting again", meta_path)
 
-    import torch
-
     from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM
 
-    cpu_cfg = ModelConfig(**{**vars(model_cfg), "device": "cpu"})
+    cpu_cfg = ModelConfig(**{**vars(model_cfg), "device": "cpu", "precision": "fp32"})
     torch_model = MobileNetV2GeM(cpu_cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=folder)
+    identity = torch_model.identity()
+    # The identity sidecar goes in first: a visible .onnx always has its .json.
+    _atomic_write_bytes(meta_path, json.dumps({"identity": identity, "key": json.loads(key_src)},
+                                              indent=2).encode())
+    write_onnx(torch_model.module, onnx_path, model_cfg.input_px)
+    log.info("exported %s to %s", model_cfg.name, onnx_path)
+    return onnx_path, identity
+
+
+def write_onnx(module, path: Path, input_px: int, opset: int = OPSET) -> Path:
+    """Export a torch module (N×3×S×S float32 -> N×D float32) to ``path`` atomically (temp file, check, rename).
+
+    The graph has input :data:`INPUT_NAME` and output :data:`OUTPUT_NAME`, both with a dynamic batch axis
+    ``batch``; ``opset`` is the ONNX opset. The file is checked with ``onnx.checker`` before it becomes visible.
+    """
+    import onnx
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        dummy = torch.zeros(1, 3, model_cfg.input_px, model_cfg.input_px, dtype=torch.float32)
+        module = module.float().cpu().eval()
+        dummy = torch.zeros(1, 3, input_px, input_px, dtype=torch.float32)
         # The TorchScript exporter (dynamo=False) on purpose: one static graph, no onnxscript dependency, and
         # it handles this plain CNN exactly; silence its deprecation notice.
         with warnings.catch_warnings():
@@ -93,21 +112,51 @@ def export_onnx(model_cfg: ModelConfig, out_dir: Path | None = None) -> tuple[Pa
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*will be removed.*")
-            torch.onnx.export(torch_model.module, (dummy,), tmp, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(module, (dummy,), tmp, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        # The exporter leaves the embedding width symbolic (it comes out of the L2-normalising Div); state it, so
+        # consumers (TensorRT profiles, checks) see a static B×D output.
+        with torch.no_grad():
+            dim = int(module(dummy).shape[1])
+        graph = onnx.load(tmp)
+        out_dims = graph.graph.output[0].type.tensor_type.shape.dim
+        out_dims[1].Clear()
+        out_dims[1].dim_value = dim
+        onnx.checker.check_model(graph)
+        onnx.save(graph, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        identity = torch_model.identity()
-        # The identity sidecar goes in first: a visible .onnx always has its .json.
-        _atomic_write_bytes(meta_path, json.dumps({"identity": identity, "key": json.loads(key_src)},
-                                                  indent=2).encode())
-        os.replace(tmp, onnx_path)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("exported %s to %s", model_cfg.name, onnx_path)
-    return onnx_path, identity
+    return path
+
+
+def sidecar_path(model_file: Path) -> Path:
+    """``FILE.onnx`` / ``FILE.engine`` -> ``FILE.onnx.json`` / ``FILE.engine.json`` (identity and export info)."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.name + ".json")
+
+
+def read_sidecar(model_file: Path) -> dict:
+    """The sidecar dict of an exported model file (see :func:`sidecar_path`); ModelError naming the file when it is
+    missing or has no identity (an export from elsewhere cannot be matched against an index without it)."""
+    model_file = Path(model_file)
+    meta = sidecar_path(model_file)
+    if not model_file.is_file():
+        raise ModelError(f"model.weights: exported model {str(model_file)!r} does not exist")
+    if not meta.is_file():
+        raise ModelError(f"model.weights: {str(model_file)!r} has no identity file {meta.name!r} next to it; export "
+                         "it with `mobilegeo export` (the identity ties it to the indexes built with its weights)")
+    try:
+        data = json.loads(meta.read_text())
+        identity = data["identity"]
+        int(identity["dim"])
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise ModelError(f"identity file {str(meta)!r} is unreadable or has no model identity: {e}") from None
+    return data
 
 
 class OnnxRuntimeModel(EmbeddingModel):
@@ -123,7 +172,15 @@ class OnnxRuntimeModel(EmbeddingModel):
         self.name = cfg.name
         self.input_px = int(cfg.input_px)
         self.batch_size = int(cfg.batch_size)
-        self.onnx_path, self._identity = export_onnx(cfg, onnx_dir)
+        if cfg.precision != "fp32":
+            raise ModelError(f"model.precision: {cfg.precision!r} is not supported by the onnxruntime backend (fp32 "
+                             "only; fp16/int8 need backend tensorrt, or torch on CUDA for fp16)")
+        if cfg.weights.endswith(".onnx"):
+            # A file written by `mobilegeo export --format onnx`: run it as is, identity from its sidecar.
+            self.onnx_path = Path(cfg.weights)
+            self._identity = read_sidecar(self.onnx_path)["identity"]
+        else:
+            self.onnx_path, self._identity = export_onnx(cfg, onnx_dir)
         self.dim = int(self._identity["dim"])
         opts = ort.SessionOptions()
         if cfg.num_threads > 0:
@@ -152,4 +209,5 @@ class OnnxRuntimeModel(EmbeddingModel):
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
-__all__ = ["EXPORT_VERSION", "OnnxRuntimeModel", "cache_dir", "export_onnx"]
+__all__ = ["EXPORT_VERSION", "INPUT_NAME", "OPSET", "OUTPUT_NAME", "OnnxRuntimeModel", "cache_dir", "export_onnx",
+           "read_sidecar", "sidecar_path", "write_onnx"]

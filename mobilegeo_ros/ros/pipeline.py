@@ -8,7 +8,8 @@ publishes what comes back, so the logic here is testable without ROS:
 * :class:`PriorState`: the latest IMU attitude, altitude and GNSS prior, each ignored once older than
   ``node.prior_timeout_s``.
 * :class:`LocalizationPipeline`: decode -> embed (once per frame, cached in the window) -> sliding window ->
-  :func:`mobilegeo_ros.msrm.select_views` -> :meth:`Localizer.localize_embeddings` -> Kalman filter -> :class:`Output`.
+  :func:`mobilegeo_ros.msrm.select_views` -> :meth:`Localizer.localize_embeddings` (with the newest image for the
+  geometric refinement on every ``refine.every_n_frames``-th frame) -> Kalman filter -> :class:`Output`.
 * :class:`Stats` and :func:`diagnostic_level`: counters and the OK/WARN/ERROR/STALE decision of ``/diagnostics``.
 
 IMU convention (REP-103): ``sensor_msgs/Imu.orientation`` rotates the body frame FLU (x forward, y left, z up) into
@@ -328,6 +329,7 @@ class LocalizationPipeline:
         self.window: deque[tuple[float, np.ndarray, np.ndarray]] = deque()  # (stamp_s, embedding, image)
         self.filter = self._new_filter()
         self.needs_images = cfg.index.heading == "query_rotations"
+        self.frames = 0  # frames localized so far (selects the ones that are refined)
 
     def _new_filter(self) -> ConstantVelocityFilter:
         n = self.cfg.node
@@ -369,10 +371,13 @@ class LocalizationPipeline:
             self._update_window(frame.stamp_s, emb, image)
             stack = np.stack([w[1] for w in self.window])
             idx = select_views(stack, self.cfg.node.max_views, self.cfg.node.max_view_similarity)
+            every = self.cfg.refine.every_n_frames
+            refine = self.cfg.refine.enabled and every > 0 and self.frames % every == 0
+            self.frames += 1
             if self.needs_images:
-                fix = self.loc.localize([self.window[i][2] for i in idx], priors)
+                fix = self.loc.localize([self.window[i][2] for i in idx], priors, refine=refine)
             else:
-                fix = self.loc.localize_embeddings(stack[idx], priors)
+                fix = self.loc.localize_embeddings(stack[idx], priors, image=image if refine else None)
             out = self._to_output(frame, fix, priors)
         except Exception as e:  # noqa: BLE001 - a backend failure must not kill the node; it is counted and shown
             self.stats.note_error("errors", f"{type(e).__name__}: {e} "

@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from mobilegeo_ros.train.losses import FeatureDistillation, logit_distillation
+
+
+def test_logit_kd_hand_computed_and_zero():
+    t = torch.tensor([[0.0, 0.0]])
+    s = torch.tensor([[0.0, 2 * math.log(3.0)]])
+    # at T = 2: p = (1/2, 1/2), q = (1/4, 3/4); loss = 4 * KL(p||q)
+    want = 4 * (0.5 * math.log(2) + 0.5 * math.log(2 / 3))
+    assert logit_distillation(s, t, temperature=2.0).item() == pytest.approx(want, rel=1e-6)
+    assert logit_distillation(t, t).item() == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="same classes"):
+        logit_distillation(torch.zeros(1, 3), torch.zeros(1, 4))
+
+
+def test_teacher_detached():
+    s = torch.randn(2, 4, requires_grad=True)
+    t = torch.randn(2, 4, requires_grad=True)
+    logit_distillation(s, t).backward()
+    assert t.grad is None and s.grad is not None
+
+
+def test_feature_kd_hand_computed_projection_and_resize():
+    fd = FeatureDistillation(2, 1)
+    with torch.no_grad():
+        fd.proj.weight.copy_(torch.tensor([[[[1.0]], [[2.0]]]]))
+        fd.proj.bias.zero_()
+    s = torch.ones(1, 2, 2, 2)  # projects to 3 everywhere; resized to 4×4 stays 3
+    t = torch.zeros(1, 1, 4, 4)
+    assert fd(s, t).item() == pytest.approx(9.0)
+    assert fd(torch.ones(3, 2), torch.full((3, 1), 3.0)).item() == pytest.approx(0.0)
+    cos = FeatureDistillation(2, 2, distance="cosine")
+    with torch.no_grad():
+        cos.proj.weight.copy_(torch.eye(2)[:, :, None, None])
+        cos.proj.bias.zero_()
+    assert cos(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(1.0)
+
+
+def test_gradcheck():
+    torch.manual_seed(0)
+    s = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
+    t = torch.randn(3, 5, dtype=torch.double)
+    assert gradcheck(lambda a: logit_distillation(a, t, 3.0), (s,))
+    fd = FeatureDistillation(3, 2).double()
+    fs = torch.randn(2, 3, 3, 3, dtype=torch.double, requires_grad=True)
+    ft = torch.randn(2, 2, 5, 5, dtype=torch.double)
+    assert gradcheck(lambda a: fd(a, ft), (fs,))
+    fc = FeatureDistillation(3, 2, distance="cosine").double()
+    assert gradcheck(lambda a: fc(a, ft), (fs,))
