@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="publishing time per rate (default %(default)s)")
     ap.add_argument("--backend", default="torch", help="model.backend of the node (default %(default)s)")
     ap.add_argument("--threads", type=int, default=2, help="model.num_threads of the node (default %(default)s)")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="extra node parameter, e.g. refine.every_n_frames:=10 (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
 
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "mobilegeo_ros.ros.node", "--ros-args", "-p", f"index_dir:={setup.index_dir}",
                "-p", f"config_file:={cfg_file}", "-p", f"model.backend:={args.backend}", "-p",
                f"model.num_threads:={args.threads}", "-p", "node.qos_reliable:=true"]
+        for p in args.param:
+            cmd += ["-p", p]
         log = open(Path(tmp) / "node.log", "w")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             node.destroy_node()
             rclpy.try_shutdown(context=ctx)
 
-    print(f"\nlocalize_node end to end: {args.backend} backend, {args.threads} threads, {os.cpu_count()} CPUs, "
+    params = " ".join(args.param) or "default parameters"
+    print(f"\nlocalize_node end to end ({params}): {args.backend} backend, {args.threads} threads, {os.cpu_count()} CPUs, "
           f"640×480 rgb8 frames, {args.seconds:g} s per rate")
     print(f"{'camera Hz':>9} {'frames':>6} {'out Hz':>7} {'fixes':>6} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7}")
     for r in rows:
