@@ -193,6 +193,9 @@ class NodeConfig:
                         max=1000)
     max_image_pixels: int = _f(8192 * 8192, "larger images are rejected before decoding, pixels", min=1)
     map_frame: str = _f("map", "frame_id of ~/pose and ~/velocity (local ENU anchored at the index origin, REP-105)")
+    heading_feedback_s: float = _f(1.0, "without an IMU heading, the heading registered on a frame at most this "
+                                        "much older is the next frames' yaw prior (narrows the search), seconds; 0 = "
+                                        "off", min=0.0)
     prior_timeout_s: float = _f(2.0, "imu/altitude/gnss_prior messages older than this are ignored, seconds",
                                 min=0.0)
     use_imu_tilt: bool = _f(False, "use the IMU pitch/roll as camera tilt (camera rigidly fixed looking down); "

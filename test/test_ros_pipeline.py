@@ -173,3 +173,20 @@ def test_published_covariance_never_drops_below_the_latest_fix():
         assert np.linalg.eigvalsh(bound - cov).min() >= -1e-9
     # When the filter is already the more uncertain one, it is published unchanged.
     np.testing.assert_allclose(covariance_upper_bound(single * 2, single), single * 2)
+
+
+def test_registered_heading_feeds_the_next_frames_as_yaw_prior(pipeline):
+    from mobilegeo_ros.localizer import Priors
+
+    pipe, views = pipeline
+    out = pipe.process(Frame("raw", encode_image(views[0][0], "rgb8"), stamp_s=200.0))
+    assert out is not None and out.status == "fix", out.reason if out else None
+    stamp, heading = pipe._registered_heading
+    assert stamp == 200.0
+    assert abs((heading + 180.0) % 360.0 - 180.0) < 5.0  # the views are rendered with yaw 0
+    fed = pipe._with_heading_feedback(200.5, None)
+    assert fed is not None and fed.yaw_deg == heading
+    # an IMU heading wins; the feedback expires after node.heading_feedback_s (by stamps) and ignores older frames
+    assert pipe._with_heading_feedback(200.5, Priors(yaw_deg=90.0)).yaw_deg == 90.0
+    assert pipe._with_heading_feedback(200.0 + pipe.cfg.node.heading_feedback_s + 0.1, None) is None
+    assert pipe._with_heading_feedback(199.0, None) is None

@@ -22,6 +22,7 @@ left, i.e. camera ``pitch_deg = -pitch`` and ``roll_deg = -roll`` in the geo.ren
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -328,6 +329,7 @@ class LocalizationPipeline:
         self.enu = LocalENU(localizer.origin_lat, localizer.origin_lon, cfg.node.ground_alt_m)
         self.window: deque[tuple[float, np.ndarray, np.ndarray]] = deque()  # (stamp_s, embedding, image)
         self.filter = self._new_filter()
+        self._registered_heading: tuple[float, float] | None = None  # (stamp s, compass deg) of the last registration
         self.needs_images = cfg.index.heading == "query_rotations"
         self.frames = 0  # frames localized so far (selects the ones that are refined)
 
@@ -366,6 +368,7 @@ class LocalizationPipeline:
         if not math.isfinite(frame.stamp_s):
             self.stats.note_error("rejected", f"header stamp is not finite: {frame.stamp_s}")
             return None
+        priors = self._with_heading_feedback(frame.stamp_s, priors)
         try:
             emb = self.loc.embed([image])[0]
             self._update_window(frame.stamp_s, emb, image)
@@ -379,6 +382,8 @@ class LocalizationPipeline:
             else:
                 fix = self.loc.localize_embeddings(stack[idx], priors, image=image if refine else None)
             out = self._to_output(frame, fix, priors)
+            if fix.status == "fix" and getattr(fix, "refined", False) and fix.registered_heading_deg is not None:
+                self._registered_heading = (frame.stamp_s, float(fix.registered_heading_deg))
         except Exception as e:  # noqa: BLE001 - a backend failure must not kill the node; it is counted and shown
             self.stats.note_error("errors", f"{type(e).__name__}: {e} "
                                             f"({traceback.extract_tb(e.__traceback__)[-1].name})")
@@ -397,6 +402,26 @@ class LocalizationPipeline:
             if out.filter_event == "rejected":
                 self.stats.filter_rejected += 1
         return out
+
+    def _with_heading_feedback(self, stamp_s: float, priors):
+        """Priors for this frame, with the heading registered on a recent frame as the yaw prior when none is known.
+
+        The registration measures the heading to about a degree; a drone turns slowly compared with the frame rate,
+        so that heading bounds the next frames' search (gallery rotations within half a step, registration
+        verification) until ``node.heading_feedback_s`` has passed by the frames' stamps. A wrong heading is not
+        self-sustaining: candidates that contradict it fail verification, so no new heading is registered and the
+        prior expires.
+        """
+        from mobilegeo_ros.localizer import Priors
+
+        reg = self._registered_heading
+        window = self.cfg.node.heading_feedback_s
+        if reg is None or window <= 0 or not 0.0 <= stamp_s - reg[0] <= window:
+            return priors
+        priors = priors if priors is not None else Priors()
+        if priors.finite("yaw_deg") is not None:
+            return priors
+        return dataclasses.replace(priors, yaw_deg=reg[1])
 
     def _to_output(self, frame: Frame, fix, priors) -> Output:
         alt_prior = None if priors is None else priors.finite("altitude_m")
