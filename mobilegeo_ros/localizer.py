@@ -27,6 +27,7 @@ bounds the search.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -66,8 +67,19 @@ class Priors:
     radius_m: float | None = None  # ... and how far from it the camera can be
 
     def finite(self, name: str) -> float | None:
+        """The prior as a float, or None when unknown: missing, not finite, or outside its physical range (a field
+        of view not in (0, 180) degrees, a non-positive altitude, a negative radius), which no sensor reports."""
         value = getattr(self, name)
-        return float(value) if value is not None and math.isfinite(value) else None
+        if value is None or not math.isfinite(value):
+            return None
+        value = float(value)
+        lo, hi = _PRIOR_RANGES.get(name, (-math.inf, math.inf))
+        return value if lo < value < hi else None
+
+
+#: Open intervals outside which a prior is treated as unknown (degrees, metres).
+_PRIOR_RANGES = {"hfov_deg": (0.0, 180.0), "altitude_m": (0.0, math.inf), "radius_m": (-1e-300, math.inf),
+                 "lat": (-90.000001, 90.000001)}
 
 
 @dataclass
@@ -325,8 +337,8 @@ class Localizer:
     def _finish(self, est: RetrievalEstimate, priors: Priors, image: np.ndarray | None) -> Fix:
         """Retrieval estimate (+ the newest view to register, or None) -> :class:`Fix`."""
         fix = self._to_fix(est, priors)
-        if image is None or not self.cfg.refine.enabled or not est.ranked_rows:
-            return fix
+        if image is None or not self.cfg.refine.enabled or not est.ranked_rows or fix.status != est.status:
+            return fix  # (status changed: the attitude prior leaves no position to refine)
         choice = self._register(image, est, priors)
         if choice.status == "refined":
             return self._refined_fix(est, choice, priors)
@@ -366,14 +378,15 @@ class Localizer:
         if alt is not None:
             # The registration locates the ground under the image centre; the drone is offset from it by its tilt,
             # known to the attitude prior's accuracy.
-            de, dn = image_to_ground(
-                CameraPose(0.0, 0.0, alt, reg.heading_deg, priors.finite("pitch_deg") or 0.0,
-                           priors.finite("roll_deg") or 0.0),
-                _UNIT_CAMERA, _UNIT_CAMERA.width_px / 2.0, _UNIT_CAMERA.height_px / 2.0,
-            )
-            e, n = e - float(de), n - float(dn)
+            offset = _tilt_offset(alt, reg.heading_deg, priors)
+            if offset is None:
+                return self._to_fix(dataclasses.replace(est, reason=_no_ground_reason(priors)), priors)
+            e, n = e - offset[0], n - offset[1]
             cov = cov + np.eye(2) * (alt * math.tan(math.radians(self.cfg.refine.attitude_sigma_deg))) ** 2
         lon, lat = self._to_wgs84.transform(e, n)
+        if not (math.isfinite(lat) and math.isfinite(lon)):
+            return self._to_fix(dataclasses.replace(est, status="no_fix", reason=(
+                f"refined position ({e:.6g}, {n:.6g}) m has no WGS84 coordinates (off the map projection)")), priors)
         sigma = float(math.sqrt(max(np.trace(cov), 0.0) / 2.0))
         # A yaw prior stays the published heading (the registration was verified against it); without one the
         # registration's heading is published.
@@ -392,22 +405,53 @@ class Localizer:
         alt = priors.finite("altitude_m")
         if est.status == "fix" and alt is not None and heading is not None:
             # The match locates the ground under the image centre; the drone is offset from it by its tilt.
-            de, dn = image_to_ground(
-                CameraPose(0.0, 0.0, alt, heading, priors.finite("pitch_deg") or 0.0,
-                           priors.finite("roll_deg") or 0.0),
-                _UNIT_CAMERA, _UNIT_CAMERA.width_px / 2.0, _UNIT_CAMERA.height_px / 2.0,
-            )
-            e, n = e - float(de), n - float(dn)
+            offset = _tilt_offset(alt, heading, priors)
+            if offset is None:
+                e = n = float("nan")
+                est = dataclasses.replace(est, status="no_fix", reason=_no_ground_reason(priors))
+            else:
+                e, n = e - offset[0], n - offset[1]
         if math.isfinite(e) and math.isfinite(n):
             lon, lat = self._to_wgs84.transform(e, n)
         else:
             lat = lon = float("nan")
+        if est.status == "fix" and not (math.isfinite(lat) and math.isfinite(lon)):
+            # e.g. a huge altitude prior times a tilt moved the position off the projection's domain
+            est = dataclasses.replace(est, status="no_fix", reason=f"position ({e:.6g}, {n:.6g}) m has no WGS84 "
+                                                                   "coordinates (off the map projection)")
         tile_id = int(self._tile_id[est.best_row]) if est.best_row >= 0 else -1
         return Fix(
             status=est.status, lat=float(lat), lon=float(lon), easting=e, northing=n,
             sigma_m=est.sigma_m if est.status == "fix" else float("nan"), cov_en=est.cov_en, score=est.score,
             heading_deg=heading, reason=est.reason, tile_id=tile_id, retrieval=est,
         )
+
+
+def _tilt_offset(alt: float, heading: float, priors: Priors) -> tuple[float, float] | None:
+    """Ground offset (east, north metres) from the drone to the point under the image centre for the attitude
+    prior, or None when that centre ray does not hit the ground (pitch/roll at or beyond the horizon, e.g. a bad
+    IMU message) or the offset is not finite."""
+    pitch, roll = priors.finite("pitch_deg") or 0.0, priors.finite("roll_deg") or 0.0
+    # Near the horizon the offset grows like tan(tilt): a small attitude error becomes kilometres, and the nadir
+    # tiles cannot match such a view anyway. Beyond this tilt the position is unknown rather than confidently wrong.
+    if math.hypot(pitch, roll) > _MAX_TILT_DEG:
+        return None
+    pose = CameraPose(0.0, 0.0, alt, heading, pitch, roll)
+    try:
+        de, dn = image_to_ground(pose, _UNIT_CAMERA, _UNIT_CAMERA.width_px / 2.0, _UNIT_CAMERA.height_px / 2.0)
+    except GeoError:
+        return None
+    de, dn = float(de), float(dn)
+    return (de, dn) if math.isfinite(de) and math.isfinite(dn) else None
+
+
+_MAX_TILT_DEG = 60.0
+
+
+def _no_ground_reason(priors: Priors) -> str:
+    pitch, roll = priors.finite("pitch_deg") or 0.0, priors.finite("roll_deg") or 0.0
+    return (f"attitude prior (pitch {pitch:g} deg, roll {roll:g} deg): the image centre is more than "
+            f"{_MAX_TILT_DEG:g} deg from nadir or misses the ground, so the drone's position is unknown")
 
 
 def _sha256(path: Path) -> str:

@@ -371,6 +371,10 @@ class LocalizationPipeline:
         priors = self._with_heading_feedback(frame.stamp_s, priors)
         try:
             emb = self.loc.embed([image])[0]
+            if not np.all(np.isfinite(emb)):
+                # A device fault (e.g. an fp16 overflow) gave NaN/inf: drop this frame only; kept in the window it
+                # would poison every fused query until it ages out.
+                raise FloatingPointError("the model returned a non-finite embedding")
             self._update_window(frame.stamp_s, emb, image)
             stack = np.stack([w[1] for w in self.window])
             idx = select_views(stack, self.cfg.node.max_views, self.cfg.node.max_view_similarity)
