@@ -28,7 +28,6 @@ bounds the search.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from mobilegeo_ros.index.tile_index import (
     identity_differences,
 )
 from mobilegeo_ros.model import EmbeddingModel, load_model
+from mobilegeo_ros.model.weights import file_sha256
 
 
 @dataclass
@@ -318,7 +318,7 @@ class Localizer:
             return path
         if self.index_dir is not None and info.get("name"):
             for cand in (self.index_dir.parent / info["name"], self.index_dir / info["name"]):
-                if cand.is_file() and (not info.get("sha256") or _sha256(cand) == info["sha256"]):
+                if cand.is_file() and (not info.get("sha256") or file_sha256(cand) == info["sha256"]):
                     return cand
         raise GeoError(f"the map this index was cut from, {recorded!r}, is not there any more (moved or deleted); "
                        "refinement needs it: set refine.map_path to its new location, or refine.enabled false")
@@ -452,14 +452,6 @@ def _no_ground_reason(priors: Priors) -> str:
     pitch, roll = priors.finite("pitch_deg") or 0.0, priors.finite("roll_deg") or 0.0
     return (f"attitude prior (pitch {pitch:g} deg, roll {roll:g} deg): the image centre is more than "
             f"{_MAX_TILT_DEG:g} deg from nadir or misses the ground, so the drone's position is unknown")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # Only the ray through the principal point is used for the tilt offset, so any intrinsics do.

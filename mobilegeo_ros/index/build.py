@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from mobilegeo_ros.geo.raster import Orthophoto, read_orthophoto
 from mobilegeo_ros.geo.tiles import TileSpec, cut_tile, tile_grid
 from mobilegeo_ros.index.tile_index import COLUMNS, TileIndex
 from mobilegeo_ros.model.base import EmbeddingModel
+from mobilegeo_ros.model.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +65,13 @@ def embed_tiles(ortho: Orthophoto, specs: Sequence[TileSpec], rotations_deg: Seq
         bar.close()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def map_info(ortho: Orthophoto, map_path: Path) -> dict:
     """JSON-able description of the map an index was cut from (stored in ``index.json``)."""
     left, bottom, right, top = ortho.bounds
     return {
         "path": str(map_path.resolve()),
         "name": map_path.name,
-        "sha256": _file_sha256(map_path),
+        "sha256": file_sha256(map_path),
         "width_px": ortho.width,
         "height_px": ortho.height,
         "gsd_m": float(ortho.gsd_m),

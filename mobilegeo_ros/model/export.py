@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mobilegeo_ros.config import Config, ModelConfig
 from mobilegeo_ros.model.base import ModelError
-from mobilegeo_ros.model.onnx_backend import INPUT_NAME, OPSET, OUTPUT_NAME, _atomic_write_bytes, sidecar_path, write_onnx
+from mobilegeo_ros.model.onnx_backend import INPUT_NAME, OPSET, OUTPUT_NAME, atomic_write_bytes, sidecar_path, write_onnx
 
 FORMATS = ("onnx", "tensorrt")
 
@@ -35,7 +35,7 @@ def export_onnx_file(model_cfg: ModelConfig, out: Path, opset: int = OPSET) -> P
             "output_name": OUTPUT_NAME, "input_px": int(model_cfg.input_px), "dynamic_batch": True,
             "weights": str(torch_model.weights_path)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(sidecar_path(out), json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(sidecar_path(out), json.dumps(meta, indent=2).encode())
     try:
         write_onnx(torch_model.module, out, model_cfg.input_px, opset)
     except BaseException:

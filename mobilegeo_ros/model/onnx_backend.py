@@ -40,7 +40,9 @@ def cache_dir() -> Path:
     return Path(base) / "mobilegeo_ros" / "onnx"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -82,7 +84,7 @@ def export_onnx(model_cfg: ModelConfig, out_dir: Path | None = None) -> tuple[Pa
     folder.mkdir(parents=True, exist_ok=True)
     identity = torch_model.identity()
     # The identity sidecar goes in first: a visible .onnx always has its .json.
-    _atomic_write_bytes(meta_path, json.dumps({"identity": identity, "key": json.loads(key_src)},
+    atomic_write_bytes(meta_path, json.dumps({"identity": identity, "key": json.loads(key_src)},
                                               indent=2).encode())
     write_onnx(torch_model.module, onnx_path, model_cfg.input_px)
     log.info("exported %s to %s", model_cfg.name, onnx_path)

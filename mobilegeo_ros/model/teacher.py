@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from mobilegeo_ros.model.base import EmbeddingModel, ModelError
-from mobilegeo_ros.model.onnx_backend import _atomic_write_bytes, cache_dir
+from mobilegeo_ros.model.onnx_backend import atomic_write_bytes, cache_dir
 from mobilegeo_ros.model.preprocess import as_image_list
 from mobilegeo_ros.model.weights import file_sha256
 
@@ -59,7 +59,7 @@ def teacher_feature_onnx() -> Path:
                                                                  ["batch", DIM]))
     onnx.checker.check_model(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out, model.SerializeToString())
+    atomic_write_bytes(out, model.SerializeToString())
     return out
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from mobilegeo_ros.model.base import EmbeddingModel, ModelError
 from mobilegeo_ros.model.onnx_backend import (
     INPUT_NAME,
     OUTPUT_NAME,
+    atomic_write_bytes,
     cache_dir,
     export_onnx,
     read_sidecar,
@@ -194,23 +193,9 @@ def _make_calibrator(trt, batches: list[np.ndarray], cache_file: Path | None):
 
         def write_calibration_cache(self, cache) -> None:
             if cache_file is not None:
-                _atomic_write(cache_file, bytes(cache))
+                atomic_write_bytes(cache_file, bytes(cache))
 
     return MapCalibrator()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_engine(onnx_path: Path, engine_path: Path, precision: str = "fp16", *, max_batch: int = 32,
@@ -267,8 +252,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str = "fp16", *,
             "input_name": sig.input_name, "output_name": sig.output_name, "input_px": sig.input_px,
             "dim": sig.dim, "onnx_opset": sig.opset}
     engine_path = Path(engine_path)
-    _atomic_write(sidecar_path(engine_path), json.dumps(meta, indent=2).encode())
-    _atomic_write(engine_path, bytes(serialized))
+    atomic_write_bytes(sidecar_path(engine_path), json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(engine_path, bytes(serialized))
     return engine_path
 
 
