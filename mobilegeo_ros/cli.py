@@ -8,6 +8,7 @@ Verbs:
   make-bag MAP.tif --out BAG [--storage sqlite3|mcap] [...]  rosbag2 of a synthetic flight (camera, imu, truth)
   replay BAG --index INDEX_DIR --report DIR [--rate X]       play a bag into localize_node, report the errors
   train --config PRESET_OR_YAML --out RUN_DIR [--resume]     train the student/teacher (torchrun for DDP)
+  adapt --map ORTHO.tif --out RUN_DIR [--minutes M]          fine-tune the student on views of your own map (CPU)
   eval --data ROOT --format F --model CKPT --out DIR         Recall@K / AP (University-1652 protocol)
   export --format onnx|tensorrt --out FILE [--model CKPT]    deployable model + identity sidecar
   bench [--batches 1,32] [--json FILE]                       backend benchmark: FLOPs, params, images/s, p50/p99
@@ -130,11 +131,35 @@ def _read_image(path: Path):
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
+#: Physically possible ranges of the localize priors (open intervals for hfov and altitude): a value outside is a
+#: typing mistake, refused before any work instead of being silently ignored.
+PRIOR_LIMITS = {"yaw_deg": (-360.0, 360.0, "closed"), "pitch_deg": (-90.0, 90.0, "open"),
+                "roll_deg": (-90.0, 90.0, "open"), "altitude_m": (0.0, 100000.0, "open-low"),
+                "hfov_deg": (0.0, 180.0, "open")}
+
+
+def _check_priors(args: argparse.Namespace) -> None:
+    """CliError naming the option when a given prior is not finite or not physically possible."""
+    for name, (lo, hi, kind) in PRIOR_LIMITS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            raise CliError(f"{flag} {value}: not a finite number")
+        low_ok = value >= lo if kind == "closed" else value > lo
+        high_ok = value < hi if kind in ("open", "open-low") else value <= hi
+        if not (low_ok and high_ok):
+            brackets = {"closed": "[{lo:g}, {hi:g}]", "open": "({lo:g}, {hi:g})", "open-low": "({lo:g}, {hi:g})"}
+            raise CliError(f"{flag} {value:g}: outside the possible range {brackets[kind].format(lo=lo, hi=hi)}")
+
+
 def cmd_localize(args: argparse.Namespace) -> int:
     from mobilegeo_ros.localizer import Localizer, Priors
 
     if not args.images:
         raise CliError("no images given")
+    _check_priors(args)
     images = [_read_image(Path(p)) for p in args.images]  # validate every file before any work
     # Settings come from the index (how it was built) unless a config file overrides them.
     cfg = _config(args.config) if args.config else None
@@ -277,6 +302,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = load_run_config(args.config, overrides)
     out = train(run, Path(args.out), resume=args.resume, progress=not args.quiet)
     print(f"run written to {out}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from mobilegeo_ros.train.adapt import adapt
+
+    overrides = dict(_node_param(p) for p in args.set)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise CliError(f"--out {str(out)!r} is not empty")
+    weights = adapt(args.map, out, _config(args.config), minutes=args.minutes, init_weights=args.init or None,
+                    overrides=overrides, progress=not args.quiet)
+    print(f"adapted student: {weights}\nuse it with: mobilegeo build-index {args.map} --out INDEX_DIR "
+          f"--config {out / 'adapt.yaml'}")
     return 0
 
 
@@ -478,6 +517,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("adapt", help="mission-area adaptation: fine-tune the student on your orthophoto (CPU)",
+                       description="Distil the student on synthetic drone views rendered from your own orthophoto "
+                                   "(preset student-csphd, stages 1-2 frozen, lr 1e-4; see "
+                                   "mobilegeo_ros/train/adapt.py), within a wall-time budget. Writes RUN_DIR/"
+                                   "student.safetensors and RUN_DIR/adapt.yaml (a config with model.weights set: "
+                                   "pass it to build-index and to the node). Map reading, rendering and model "
+                                   "settings come from --config.")
+    p.add_argument("--map", required=True, metavar="ORTHO.tif", help="orthophoto of the mission area (GeoTIFF)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (must be empty)")
+    p.add_argument("--minutes", type=float, default=5.0, help="wall-time budget (default 5)")
+    p.add_argument("--init", default="", metavar="WEIGHTS", help="start from these student weights (default: "
+                                                                 "model.weights, else the shipped student)")
+    p.add_argument("--config", metavar="YAML", help="core config (map, render, model sections)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY:=VALUE",
+                   help="override a train key of the recipe, e.g. max_steps:=50 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("eval", help="cross-view retrieval metrics (University-1652 protocol)",
                        description="Embed query and gallery images with a model and write DIR/metrics.json with "

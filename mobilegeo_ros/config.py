@@ -100,6 +100,8 @@ class EstimatorConfig:
                                    min=0.0, max=1.0)
     sigma_floor_m: float = _f(0.0, "smallest reported 1-sigma; 0 = a quarter of the matched tile size", min=0.0)
     sigma_scale: float = _f(1.0, "multiplier on the reported 1-sigma (calibration)", min=0.1, max=100.0)
+    max_sigma_m: float = _f(0.0, "no fix when the reported 1-sigma of a retrieval (unrefined) fix exceeds this, "
+                                 "metres; 0 = no ceiling (tile-level fixes in retrieval-only mode are kept)", min=0.0)
 
 
 @dataclass
@@ -139,8 +141,9 @@ class RefineConfig:
                                      min=0.0)
     stop_inliers: int = _f(100, "stop registering further candidates once one verifies with this many inliers; 0 "
                                 "= register all top_k", min=0)
-    fallback: str = _f("retrieval", "when no candidate verifies: retrieval (the retrieval fix with its larger "
-                                    "sigma) | no_fix")
+    fallback: str = _f("no_fix", "when no candidate verifies: no_fix (prefer no fix to a possibly wrong one; "
+                                 "default) | retrieval (the retrieval fix with its larger sigma: more fixes, some "
+                                 "tens of metres off)")
     sigma_floor_m: float = _f(2.5, "smallest reported 1-sigma of the registered image-centre point (building "
                                     "parallax, date changes: 1-3 m on real imagery), metres", min=0.0)
     sigma_scale: float = _f(2.0, "multiplier on the 1-sigma propagated from the inlier residuals (they ignore "

@@ -18,7 +18,8 @@ Refinement (``refine.enabled``, :mod:`mobilegeo_ros.estimator.refine`): the newe
 features and a homography against the orthophoto around the ``refine.top_k`` best tiles (the map the index was cut
 from, read once on first use). The verified candidate with the most inliers gives a metre-level position, the heading
 and a covariance from the inlier geometry; candidates failing verification are rejected; two verified candidates that
-disagree give no fix; when none verifies, the retrieval fix is kept with its larger sigma (``refine.fallback``).
+disagree give no fix; when none verifies there is no fix either (``refine.fallback: no_fix``, the default) or the
+retrieval fix with its larger sigma (``refine.fallback: retrieval``).
 
 Priors (all optional): attitude (yaw/pitch/roll, degrees, from the IMU) and altitude above ground (metres) move the
 estimate from the ground point under the image centre to the point under the drone; a prior position with a radius
@@ -419,6 +420,10 @@ class Localizer:
             # e.g. a huge altitude prior times a tilt moved the position off the projection's domain
             est = dataclasses.replace(est, status="no_fix", reason=f"position ({e:.6g}, {n:.6g}) m has no WGS84 "
                                                                    "coordinates (off the map projection)")
+        ceiling = self.cfg.estimator.max_sigma_m
+        if est.status == "fix" and ceiling > 0 and est.sigma_m > ceiling:
+            est = dataclasses.replace(est, status="no_fix", reason=(
+                f"retrieval fix sigma {est.sigma_m:.1f} m exceeds estimator.max_sigma_m {ceiling:g} m"))
         tile_id = int(self._tile_id[est.best_row]) if est.best_row >= 0 else -1
         return Fix(
             status=est.status, lat=float(lat), lon=float(lon), easting=e, northing=n,

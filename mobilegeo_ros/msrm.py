@@ -108,6 +108,28 @@ def select_views(embeddings: np.ndarray, max_views: int, max_similarity: float =
     return np.array(sorted(kept), dtype=np.int64)
 
 
+def thumbnail_descriptors(images: list[np.ndarray], side_px: int = 16) -> np.ndarray:
+    """Cheap pre-encoder descriptors for MI selection *before* embedding (so pruned views cost no encoder call).
+
+    Each H×W×3 uint8 RGB image (any size) → its grey ``side_px``² thumbnail (area-averaged), minus its mean, as a
+    unit row: N×side_px² float32. Cosines of these rows are Pearson correlations of the thumbnails, i.e. the ρ of
+    the module's Gaussian MI model, computed in microseconds per view. Hypothesis (ours, not the paper's): views
+    whose thumbnails are highly correlated carry redundant information for the encoder as well. A flat image
+    (no texture) gets a zero-mean row of zeros, which is replaced by a tiny constant so it stays a valid unit row.
+    """
+    import cv2
+
+    rows = []
+    for img in images:
+        a = np.asarray(img)
+        grey = a.astype(np.float32).mean(axis=2) if a.ndim == 3 else a.astype(np.float32)
+        t = cv2.resize(grey, (side_px, side_px), interpolation=cv2.INTER_AREA).ravel()
+        t = t - t.mean()
+        norm = float(np.linalg.norm(t))
+        rows.append(t / norm if norm > 1e-6 else np.full(t.shape, 1.0 / side_px, np.float32))
+    return np.asarray(rows, dtype=np.float32)
+
+
 def information_weights(embeddings: np.ndarray) -> np.ndarray:
     """Fusion weight of each of k views: ``1 / Σ_j ρ_ij²`` (the inverse of its effective number of copies, module
     docstring). k×D → k float64 in (1/k, 1]; raises ValueError for NaN/inf/zero rows."""
@@ -145,4 +167,5 @@ def fuse(embeddings: np.ndarray, indices: np.ndarray | list[int] | None = None,
     return (v / norm).astype(np.float32)
 
 
-__all__ = ["fuse", "information_weights", "mi_from_cosine", "mutual_information", "select_views"]
+__all__ = ["fuse", "information_weights", "mi_from_cosine", "mutual_information", "select_views",
+           "thumbnail_descriptors"]

@@ -121,6 +121,16 @@ def test_user_mistakes_are_one_line_errors(world, tmp_path):
                                 check=False), "not empty")
 
 
+@pytest.mark.parametrize("flag,value,fragment", [("--hfov-deg", "0", "(0, 180)"), ("--hfov-deg", "200", "(0, 180)"),
+                                                 ("--altitude-m", "-5", "--altitude-m -5"),
+                                                 ("--pitch-deg", "nan", "not a finite number"),
+                                                 ("--roll-deg", "95", "(-90, 90)"), ("--yaw-deg", "inf", "finite")])
+def test_impossible_priors_are_refused(world, flag, value, fragment):
+    view = next((world["views"] / "images").iterdir())
+    assert_user_error(mobilegeo("localize", "--index", world["index"], view, flag, value, check=False), flag,
+                      fragment)
+
+
 def test_index_built_with_another_model_is_refused(world, tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text(SMALL_CONFIG + "model:\n  gem_p: 4.0\n")

@@ -165,7 +165,7 @@ def test_localizer_refines_position_and_heading(setup):
 def test_localizer_fallback_and_no_fix_when_nothing_verifies(setup):
     img, pose = _setup_view(setup)
     retrieval_only = _loc(setup, enabled=False).localize([img])
-    fallback = _loc(setup, min_inliers=100000).localize([img])
+    fallback = _loc(setup, min_inliers=100000, fallback="retrieval").localize([img])
     assert not fallback.refined and "no candidate verified" in fallback.reason
     assert fallback.status == retrieval_only.status
     assert fallback.easting == pytest.approx(retrieval_only.easting)
@@ -173,6 +173,21 @@ def test_localizer_fallback_and_no_fix_when_nothing_verifies(setup):
     strict = _loc(setup, min_inliers=100000, fallback="no_fix").localize([img])
     assert strict.status == "no_fix" and "no candidate verified" in strict.reason
     assert math.isnan(strict.sigma_m)
+    # the default prefers no fix to an unverified one
+    assert _loc(setup, min_inliers=100000).localize([img]).status == "no_fix"
+
+
+def test_sigma_ceiling_turns_broad_retrieval_fixes_into_no_fix(setup):
+    img, _ = _setup_view(setup)
+    loose = _loc(setup, enabled=False).localize([img])
+    assert loose.status == "fix" and loose.sigma_m > 1.0
+    cfg = from_dict({**setup.overrides, "refine": {"enabled": False},
+                     "estimator": {**setup.overrides.get("estimator", {}), "max_sigma_m": loose.sigma_m * 0.5}})
+    capped = Localizer.from_files(setup.index_dir, cfg).localize([img])
+    assert capped.status == "no_fix" and "max_sigma_m" in capped.reason
+    cfg = from_dict({**setup.overrides, "refine": {"enabled": False},
+                     "estimator": {**setup.overrides.get("estimator", {}), "max_sigma_m": loose.sigma_m * 2.0}})
+    assert Localizer.from_files(setup.index_dir, cfg).localize([img]).status == "fix"
 
 
 def test_moved_map_fails_clearly_and_map_path_points_at_it(setup, tmp_path):

@@ -100,6 +100,24 @@ def map_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     return out
 
 
+STUDENT_FILE = "student.safetensors"
+
+
+def default_student_weights() -> Path | None:
+    """The trained student shipped in the repository's ``models/`` folder (installed to
+    ``share/mobilegeo_ros/models``), or None when this install has none.
+
+    Looked up next to the source tree first (a checkout), then under the install prefix and every
+    ``AMENT_PREFIX_PATH`` entry (pip and colcon installs).
+    """
+    import sys
+
+    here = Path(__file__).resolve().parents[2] / "models" / STUDENT_FILE
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    candidates = [here] + [Path(p) / "share" / "mobilegeo_ros" / "models" / STUDENT_FILE for p in prefixes if p]
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     """sha256 hex of a state dict's contents: every tensor's name, dtype, shape and raw (little-endian) bytes, in
     sorted-name order. Independent of the file format the weights came from (.pt vs .safetensors)."""
@@ -143,4 +161,4 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> Path:
     return p
 
 
-__all__ = ["file_sha256", "save_safetensors", "DEEPSORT_PIP", "load_state_dict_file", "map_by_order", "shipped_mobilenetv2_path", "state_dict_sha256"]
+__all__ = ["STUDENT_FILE", "default_student_weights", "file_sha256", "save_safetensors", "DEEPSORT_PIP", "load_state_dict_file", "map_by_order", "shipped_mobilenetv2_path", "state_dict_sha256"]

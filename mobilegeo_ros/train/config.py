@@ -48,6 +48,12 @@ class TrainConfig:
     bottleneck: int = _f(512, "bottleneck width of every head (MEAN ClassBlock; hypothesis)", min=8)
     dropout: float = _f(0.5, "dropout in the bottleneck", min=0.0, max=0.95)
     aux_heads: bool = _f(True, "classification heads after stages 1-3 of the student")
+    init_weights: str = _f("", "student: start from these mobilenetv2_gem embedding weights (a student.safetensors, "
+                               "e.g. the shipped models/student.safetensors) instead of ImageNet; empty = ImageNet")
+    freeze_stages: int = _f(0, "student: keep the first N of the 4 backbone stages fixed (weights and BatchNorm "
+                               "statistics; faster on a CPU, less forgetting of the init)", min=0, max=3)
+    max_time_s: float = _f(0.0, "stop training after this many seconds of wall time (0 = no limit); the schedule "
+                                "still spans the planned steps", min=0.0)
     epochs: int = _f(2, "passes over the training pairs", min=1)
     max_steps: int = _f(0, "stop after this many optimizer steps in total (0 = epochs decide)", min=0)
     batch_size: int = _f(16, "pairs per optimizer step (all GPUs together; distinct classes)", min=2)

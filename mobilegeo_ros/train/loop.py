@@ -115,7 +115,12 @@ def build_network(run: RunConfig, num_classes: int, teacher: bool = False) -> nn
             backbone = t.teacher_backbone or t.teacher_checkpoint
             return TimmTeacherNet(t.teacher_arch, backbone, num_classes, t.bottleneck, t.dropout)
         return OpenNsfwTeacherNet(num_classes, t.bottleneck, t.dropout)
-    return StudentNet(num_classes, t.bottleneck, t.dropout, gem_p=run.core.model.gem_p, aux_heads=t.aux_heads)
+    net = StudentNet(num_classes, t.bottleneck, t.dropout, gem_p=run.core.model.gem_p, aux_heads=t.aux_heads)
+    if t.init_weights:
+        net.load_embedding_weights(t.init_weights)
+    if t.freeze_stages:
+        net.freeze_stages(t.freeze_stages)
+    return net
 
 
 def lr_lambda(total_steps: int, warmup_frac: float):
@@ -166,7 +171,7 @@ class Trainer:
         if world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
-        params = list(self.net.parameters()) + list(self.criterion.parameters())
+        params = [p for p in self.net.parameters() if p.requires_grad] + list(self.criterion.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         self.total_steps = max(1, total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps,
@@ -238,6 +243,8 @@ class Trainer:
     def step(self, drone: torch.Tensor, sat: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One optimizer step on a collated batch; returns the loss terms as floats."""
         self.net.train()
+        if isinstance(self.net, StudentNet):
+            self.net.keep_frozen_in_eval()
         drone, sat, labels = drone.to(self.device), sat.to(self.device), labels.to(self.device)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
             terms = self.losses(drone, sat, labels)
@@ -362,19 +369,23 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             terms = trainer.step(*collate(items, run.core.model.input_px, aug_rng))
             bar.update(1)
             bar.set_postfix(loss=f"{terms['total']:.3f}")
-            if rank == 0 and (trainer.global_step % t.log_every == 0 or trainer.global_step == total):
+            out_of_time = bool(t.max_time_s) and time.time() - t0 >= t.max_time_s
+            if rank == 0 and (trainer.global_step % t.log_every == 0 or trainer.global_step == total or out_of_time):
                 line = {"step": trainer.global_step, "epoch": epoch, "lr": trainer.scheduler.get_last_lr()[0],
                         **terms, "seconds": round(time.time() - t0, 3), "world_size": world_size}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(line) + "\n")
             if rank == 0 and t.save_every and trainer.global_step % t.save_every == 0:
                 trainer.save(run_dir, epoch, i + 1)
-            if trainer.global_step >= total:
+            if trainer.global_step >= total or out_of_time:
                 break
         start_batch = 0
         epoch += 1
         if rank == 0:
             trainer.save(run_dir, epoch, 0)
+        if t.max_time_s and time.time() - t0 >= t.max_time_s:
+            log.info("train.max_time_s %.0f s spent after %d steps", t.max_time_s, trainer.global_step)
+            break
     bar.close()
     if rank == 0:
         save_safetensors(trainer.net.state_dict(), run_dir / "model.safetensors")

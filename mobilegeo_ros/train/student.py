@@ -107,6 +107,34 @@ class StudentNet(nn.Module):
         """Retrieval embedding: L2-normalised GeM feature (N×1280); identical to ``MobileNetV2GeMNet``."""
         return F.normalize(self.gem(self.features(x)), p=2.0, dim=1)
 
+    def load_embedding_weights(self, path: str | Path) -> None:
+        """Initialise ``features`` and ``gem.p`` from a ``mobilenetv2_gem`` weights file (e.g. a student.safetensors;
+        ModelError naming the file when it does not fit)."""
+        state = load_state_dict_file(path)
+        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        try:
+            self.features.load_state_dict(feats, strict=True)
+        except RuntimeError as e:
+            raise ModelError(f"init weights {str(path)!r} are not mobilenetv2_gem embedding weights: "
+                             f"{str(e).splitlines()[0]}") from None
+        if "gem.p" in state:
+            with torch.no_grad():
+                self.gem.p.copy_(state["gem.p"].reshape(self.gem.p.shape))
+
+    def freeze_stages(self, n: int) -> None:
+        """Fix the first ``n`` backbone stages (no gradients; their BatchNorm keeps its running statistics, see
+        :meth:`keep_frozen_in_eval`)."""
+        self.frozen_stages = int(n)
+        hi = STAGE_BOUNDS[n - 1][1] if n > 0 else 0
+        for i in range(hi):
+            self.features[i].requires_grad_(False)
+
+    def keep_frozen_in_eval(self) -> None:
+        """Put the frozen stages back in eval mode after ``train()`` (BatchNorm statistics stay those of the init)."""
+        n = getattr(self, "frozen_stages", 0)
+        for i in range(STAGE_BOUNDS[n - 1][1] if n > 0 else 0):
+            self.features[i].eval()
+
     def embedding_state_dict(self) -> dict[str, torch.Tensor]:
         """``features.*`` + ``gem.p``: the ``mobilenetv2_gem`` weights format (see the module docstring)."""
         out = {f"features.{k}": v.detach().clone() for k, v in self.features.state_dict().items()}

@@ -1,0 +1,83 @@
+"""Mission-area adaptation: distil the student on synthetic drone views of the user's own orthophoto, on a CPU.
+
+``mobilegeo adapt --map ORTHO.tif --out RUN_DIR`` is :func:`adapt`: one :func:`mobilegeo_ros.train.loop.train` run
+with the preset ``student-csphd`` (HCD self-distillation weighted by PALW, CSDA view weights, triplet + InfoNCE),
+over locations covering the whole map (a mission map is known in advance, so all of it is training ground; the
+queries the node will see are live camera frames of another day, not these renders), started from the shipped
+student (or ImageNet) with a recipe sized for a laptop CPU. Every recipe value is a hypothesis and a config value
+(``train.*``), measured by ``benchmarks/ablate_adapt.py``:
+
+* ``freeze_stages: 2``: stages 1-2 (low-level filters, 4 % of the FLOPs of a backward pass... but half the time at
+  224 px on a CPU) stay as initialised; measured 2.0 s vs 4.4 s per 16-pair step on 2 cores;
+* ``lr: 1e-4``, ``warmup_frac: 0.05``: a fine-tune, not a training from scratch (the MEAN 1e-3 forgets ImageNet);
+* ``max_time_s``: the wall-time budget (``--minutes``); the cosine schedule spans ``max_steps`` planned for it;
+* ``spacing_m: 30``: locations every 30 m, so neighbouring classes overlap by 75 % at 120 m tiles (hard negatives).
+
+Outputs (in ``RUN_DIR``, as any training run): ``student.safetensors`` (the node's ``model.weights``),
+``metrics.jsonl``, ``config.yaml``, and ``adapt.yaml``: a config file with ``model.weights`` set, ready for
+``mobilegeo build-index --config`` and the node's ``config_file``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mobilegeo_ros.config import Config, ConfigError, to_dict
+
+#: The adaptation recipe (train.* overrides of the student-csphd preset); see the module docstring.
+ADAPT_RECIPE: dict[str, Any] = {
+    "preset": "student-csphd", "data_format": "ortho", "splits": [1.0, 0.0, 0.0], "spacing_m": 30.0,
+    "views": 54, "freeze_stages": 2, "lr": 1e-4, "warmup_frac": 0.05, "batch_size": 16, "epochs": 1000,
+    "eval_views": 0, "log_every": 5, "dropout": 0.1,
+}
+
+#: Optimizer steps planned per minute of budget on 2 CPU cores at 224 px (measured ~2.3 s per 16-pair step with
+#: rendering); the schedule is laid out for this many steps and training stops at the time budget either way.
+STEPS_PER_MINUTE_CPU = 26
+
+
+def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, minutes: float = 5.0,
+          init_weights: str | Path | None = None, overrides: dict[str, Any] | None = None,
+          progress: bool = True) -> Path:
+    """Adapt the student to the orthophoto ``map_path``; returns the path of ``RUN_DIR/student.safetensors``.
+
+    ``cfg``: the core config (map reading, rendering, model input); its ``model.weights`` (or the shipped default)
+    is the starting point unless ``init_weights`` is given. ``minutes``: wall-time budget. ``overrides``: further
+    ``train.*`` values (e.g. ``{"max_steps": 20}`` in tests).
+    """
+    from mobilegeo_ros.model.weights import default_student_weights
+    from mobilegeo_ros.train.config import load_run_config
+    from mobilegeo_ros.train.loop import train
+
+    if minutes <= 0:
+        raise ConfigError(f"--minutes {minutes:g}: the adaptation needs a positive time budget")
+    map_path = Path(map_path)
+    if not map_path.is_file():
+        raise ConfigError(f"--map {str(map_path)!r} does not exist")
+    cfg = cfg or Config()
+    start = init_weights or cfg.model.weights or default_student_weights() or ""
+    recipe = {**ADAPT_RECIPE, "data_root": str(map_path), "init_weights": str(start), "max_time_s": 60.0 * minutes,
+              "max_steps": max(1, int(math.ceil(minutes * STEPS_PER_MINUTE_CPU))), **(overrides or {})}
+    core = to_dict(cfg)
+    core.pop("node", None)
+    run_dir = Path(run_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = Path(tmp) / "adapt-input.yaml"
+        cfg_path.write_text(yaml.safe_dump({**core, "train": recipe}, sort_keys=False))
+        run = load_run_config(str(cfg_path))
+    train(run, run_dir, resume=False, progress=progress)
+    weights = run_dir / "student.safetensors"
+    deploy = to_dict(cfg)
+    deploy["model"]["weights"] = str(weights.resolve())
+    (run_dir / "adapt.yaml").write_text(
+        "# Written by mobilegeo adapt: the config of the adapted student (build the index with it).\n"
+        + yaml.safe_dump({k: v for k, v in deploy.items() if k != "node"}, sort_keys=False))
+    return weights
+
+
+__all__ = ["ADAPT_RECIPE", "STEPS_PER_MINUTE_CPU", "adapt"]
