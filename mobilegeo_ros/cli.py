@@ -469,14 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("export", help="export the embedding model to ONNX or a TensorRT engine",
-                       description="Export the embedding model (weights --model, default the shipped ImageNet "
-                                   "weights) to ONNX (input 'images' B×3×S×S float32 with a dynamic batch axis, "
+                       description="Export the embedding model (weights --model, default the shipped student, "
+                                   "else the ImageNet weights) to ONNX (input 'images' B×3×S×S float32 with a dynamic batch axis, "
                                    "output 'embeddings' B×D, opset --opset) or build a TensorRT engine from that ONNX "
                                    "(needs the tensorrt package and a CUDA GPU; int8 calibrates on images rendered "
                                    "from --calib-map). A FILE.json identity is written next to FILE, so indexes "
                                    "built with the torch backend serve the export (set model.weights to FILE).")
     p.add_argument("--model", metavar="CKPT", help="weights file (safetensors or torch state dict); default: "
-                                                   "model.weights or the shipped ImageNet weights")
+                                                   "model.weights, else the shipped student, else ImageNet")
     p.add_argument("--format", choices=["onnx", "tensorrt"], required=True)
     p.add_argument("--out", required=True, metavar="FILE", help="output .onnx, or .engine/.plan for tensorrt")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")

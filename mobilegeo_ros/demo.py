@@ -33,6 +33,7 @@ from mobilegeo_ros.geo.render import CameraModel, image_to_ground, photometric, 
 from mobilegeo_ros.index.build import build_index
 from mobilegeo_ros.localizer import Localizer, Priors
 from mobilegeo_ros.model import load_model
+from mobilegeo_ros.model.weights import describe_weights
 
 
 def default_cache_dir() -> Path:
@@ -111,7 +112,7 @@ def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache
     recall = recall_at_k(hits, (1, 5, 10))
     summary = {
         "dataset": "dgsamples Longmont CO: map WV2 2014-06-20 0.5 m, views from WV3 2014-10-06 0.3 m",
-        "model": cfg.model.name, "model_weights": cfg.model.weights or "shipped ImageNet MobileNetV2 (untrained here)",
+        "model": cfg.model.name, "model_weights": describe_weights(cfg.model.weights),
         "heading": cfg.index.heading, "rotations": cfg.index.rotations, "tile_sizes_m": cfg.map.tile_sizes_m,
         "index_vectors": index.ntotal, "views": n_views, "seed": seed,
         **recall, **stats.as_dict(),
@@ -177,12 +178,13 @@ def format_table(summary: dict) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
     head = ("| views | fixes | refined | recall@1 | recall@5 | recall@10 | median err (fixes) | p95 err | within 2σ | "
-            "median heading err | ms/query |")
-    sep = "|" + "---|" * 11
+            "fixes > 50 m | median heading err | ms/query |")
+    sep = "|" + "---|" * 12
     refined = "off" if not summary.get("refine", False) else f"{100 * summary.get('refined_rate', 0.0):.0f} %"
     row = (f"| {summary['views']} | {summary['fixes']} ({100 * summary['fix_rate']:.0f} %) | {refined} | "
            f"{f('recall@1')} % | "
            f"{f('recall@5')} % | {f('recall@10')} % | {f('median_error_m')} m | {f('p95_error_m')} m | "
-           f"{100 * summary['within_2sigma_fraction']:.0f} % | {f('median_heading_error_deg')}° | "
+           f"{100 * summary['within_2sigma_fraction']:.0f} % | {summary['wrong_confident_fixes']} | "
+           f"{f('median_heading_error_deg')}° | "
            f"{f('mean_latency_ms', '{:.0f}')} |")
     return "\n".join([head, sep, row])

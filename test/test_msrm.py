@@ -182,3 +182,22 @@ def test_fuse_refuses_bad_input():
             fuse(e, [0, 1], w)
     with pytest.raises(ValueError, match="cancel"):
         fuse(_unit([[1, 0], [-1, 0]]), [0, 1], [1.0, 1.0])
+
+
+def test_thumbnail_descriptors_drive_selection_before_the_encoder():
+    from mobilegeo_ros.msrm import thumbnail_descriptors
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    b = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    flat = np.full((48, 48, 3), 90, np.uint8)
+    d = thumbnail_descriptors([a, b, a.copy(), flat], side_px=8)
+    assert d.shape == (4, 64) and d.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(d[0], d[2])  # identical images, identical descriptors
+    # brightness/contrast changes do not change a zero-mean, unit-norm thumbnail (Pearson correlation)
+    brighter = np.clip(a.astype(int) * 0.8 + 30, 0, 255).astype(np.uint8)
+    assert float(thumbnail_descriptors([brighter], 8)[0] @ d[0]) > 0.99
+    # the duplicate is the redundant view: with room for 3 of 4, MI selection drops one of the two copies of a
+    kept = select_views(d, 3, 1.0)
+    assert len(kept) == 3 and 1 in kept and 3 in kept and not (0 in kept and 2 in kept)

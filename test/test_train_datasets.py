@@ -116,3 +116,50 @@ def test_unique_class_batches():
     assert all(len(set(labels[b].tolist())) == len(b) for b in batches)
     assert len(set(flat.tolist())) == len(flat) and len(flat) >= len(labels) - 1  # each pair at most once
     assert [b.tolist() for b in unique_class_batches(labels, 3, 0)] == [b.tolist() for b in batches]
+
+
+def test_index_pairing_matches_the_tile_the_node_would_match(ortho):
+    """pairing: index — the satellite of a view is the index tile nearest in size and gallery rotation, and that
+    tile looks like a nadir view of the same ground (closer than the north-up location tile)."""
+    from mobilegeo_ros.geo.render import CameraModel, CameraPose, render_view
+    from mobilegeo_ros.train.datasets import central_square_fov_deg
+
+    render = RenderConfig(altitude_m=[40.0, 60.0], max_tilt_deg=0.0, hfov_deg=70.0, brightness=0.0, contrast=0.0,
+                          blur_sigma_px=0.0, noise_std=0.0, jpeg_quality=[])
+    fov = central_square_fov_deg(render)
+    assert fov == pytest.approx(2 * np.degrees(np.arctan(np.tan(np.radians(35)) * 480 / 640)))
+    cfg = OrthoDataConfig(tile_size_m=60, spacing_m=40, views=8, out_px=64, pairing="index",
+                          tile_sizes_m=(40.0, 60.0, 90.0), rotations=8, view_hfov_deg=fov)
+    ds = SyntheticOrtho(ortho, "train", cfg, render, seed=1)
+    # sizes: nearest (in log scale) to the footprint side 2·alt·tan(fov/2); rotations: nearest multiple of 45°
+    side_45 = 45.0 / (2 * np.tan(np.radians(fov) / 2))  # altitude whose footprint is 45 m
+    assert ds.index_tile_for(CameraPose(0, 0, side_45, 10.0, 0, 0)) == (40.0, 0.0)
+    assert ds.index_tile_for(CameraPose(0, 0, 2.0 * side_45, -30.0, 0, 0)) == (90.0, 315.0)
+    assert ds.index_tile_for(CameraPose(0, 0, 60 / 45 * side_45, 160.0, 0, 0))[1] == 180.0
+    for i in range(0, 8, 3):
+        drone, sat, label = ds[i]
+        _, pose = ds._drone_and_pose(label, i % 8)
+        size, rot = ds.index_tile_for(pose)
+        assert np.array_equal(sat, ds.satellite(label, size, rot))
+        ideal = render_view(ds.ortho, pose, CameraModel(64, 64, fov)).astype(float)
+        aligned = np.abs(ideal - sat.astype(float)).mean()
+        north_up = np.abs(ideal - ds.satellite(label).astype(float)).mean()
+        assert aligned < north_up, (i, pose.yaw_deg, aligned, north_up)
+    with pytest.raises(DatasetError, match="pairing"):
+        SyntheticOrtho(ortho, "train", OrthoDataConfig(pairing="nearest"), render)
+
+
+def test_aligned_collate_rotates_both_images_of_a_pair():
+    from mobilegeo_ros.train.loop import collate
+
+    drone = np.zeros((32, 32, 3), np.uint8)
+    drone[:8, :8] = 255  # a bright top-left corner in both images
+    items = [(drone, drone.copy(), 0)] * 16
+    d, s, _ = collate(items, 32, np.random.default_rng(0), aligned=True)
+    assert torch_equal(d, s)
+    d, s, _ = collate(items, 32, np.random.default_rng(0), aligned=False)
+    assert not torch_equal(d, s)  # the satellite alone is rotated
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())

@@ -96,6 +96,30 @@ def synthetic_rgb(width_px: int, height_px: int, gsd_m: float, seed: int = 0) ->
     return np.clip(img, 0.0, 1.0)
 
 
+def season_shift(rgb: np.ndarray, amount: float, seed: int = 0) -> np.ndarray:
+    """The same scene on "another date": ``H×W×3`` reflectance in [0, 1] → same shape, for domain-shift tests.
+
+    ``amount`` in [0, 1]: green areas turn yellow-brown (vegetation senescence), a global gamma and per-channel
+    gain change (sun elevation, sensor), and a low-frequency brightness field (haze, thin clouds) of relative
+    amplitude 0.15·amount. Geometry is unchanged, so ground truth positions still hold. 0 returns the input.
+    """
+    if amount <= 0:
+        return rgb
+    rng = np.random.default_rng(seed)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    veg = np.clip((g - 0.5 * (r + b)) * 4.0, 0.0, 1.0) * amount
+    out = rgb.copy()
+    out[..., 0] = r + veg * 0.6 * g
+    out[..., 1] = g - veg * 0.15 * g
+    out[..., 2] = b - veg * 0.3 * b
+    out = np.power(np.clip(out, 0.0, 1.0), 1.0 + 0.3 * amount)
+    out = out * (1.0 + amount * rng.uniform(-0.12, 0.12, 3)).astype(np.float32)
+    h, w = rgb.shape[:2]
+    field = cv2.resize(rng.normal(0.0, 1.0, (4, 4)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    out = out * (1.0 + 0.15 * amount * field[..., None])
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def _to_bands(rgb: np.ndarray, bands: int) -> np.ndarray:
     """``H×W×3`` reflectance -> ``bands×H×W`` in a realistic sensor band order (see raster._guess_rgb_bands)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -112,7 +136,7 @@ def _to_bands(rgb: np.ndarray, bands: int) -> np.ndarray:
 
 def write_synthetic_geotiff(path: str | Path, width_px: int = 1024, height_px: int = 1024, gsd_m: float = 0.5,
                             crs: str = "EPSG:32613", origin_e: float = 487000.0, origin_n: float = 4444000.0,
-                            seed: int = 0, bands: int = 3, dtype: str = "uint8") -> Path:
+                            seed: int = 0, bands: int = 3, dtype: str = "uint8", season: float = 0.0) -> Path:
     """Write a synthetic textured orthophoto GeoTIFF and return its path.
 
     Args:
@@ -124,6 +148,7 @@ def write_synthetic_geotiff(path: str | Path, width_px: int = 1024, height_px: i
         seed: the pattern is a deterministic function of ``seed`` and the size/gsd.
         bands: 1 (grey), 3 (R, G, B), 4 (B, G, R, NIR) or 8 (WorldView order; R, G, B = bands 5, 3, 2).
         dtype: "uint8" (0..255), "uint16" (11-bit DNs 0..2047 like WorldView) or "float32" (reflectance 0..1).
+        season: :func:`season_shift` amount: the same scene (same ``seed``) as on another date; 0 = none.
     """
     if bands not in _BANDS:
         raise GeoError(f"write_synthetic_geotiff: bands must be one of {_BANDS}, got {bands}")
@@ -134,7 +159,7 @@ def write_synthetic_geotiff(path: str | Path, width_px: int = 1024, height_px: i
     path = Path(path)
     # For a geographic CRS, gsd_m is in degrees: draw the pattern as if a degree were ~1e5 m of ground.
     pattern_gsd = gsd_m if gsd_m > 1e-3 else gsd_m * 1e5
-    data = _to_bands(synthetic_rgb(width_px, height_px, pattern_gsd, seed), bands)
+    data = _to_bands(season_shift(synthetic_rgb(width_px, height_px, pattern_gsd, seed), season, seed + 1), bands)
     if dtype == "uint8":
         out = np.clip(data * 255.0 + 0.5, 0, 255).astype(np.uint8)
     elif dtype == "uint16":
@@ -155,4 +180,4 @@ def write_synthetic_geotiff(path: str | Path, width_px: int = 1024, height_px: i
     return path
 
 
-__all__ = ["synthetic_rgb", "write_synthetic_geotiff"]
+__all__ = ["season_shift", "synthetic_rgb", "write_synthetic_geotiff"]

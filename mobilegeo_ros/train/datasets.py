@@ -171,7 +171,16 @@ class OrthoDataConfig:
     ``tile_size_m``: satellite tile side; ``spacing_m``: distance between neighbouring locations (classes);
     ``views``: drone views per location and epoch (the orbit); ``splits``: fractions of the map width (west to
     east) for train, val, test; ``gap_m``: extra distance kept between the footprints of different splits;
-    ``out_px``: side of the rendered images."""
+    ``out_px``: side of the rendered images.
+
+    ``pairing`` (which satellite image a drone view is paired with): ``location`` = the north-up ``tile_size_m``
+    tile of its location (University-1652 style: the network must be rotation- and scale-invariant); ``index`` =
+    the tile the deployed index holds for that view: the side in ``tile_sizes_m`` nearest to the view's ground
+    footprint and the gallery copy among ``rotations`` evenly spaced headings nearest to its yaw (residual yaw
+    within ±180/rotations degrees), as :mod:`mobilegeo_ros.index.build` cuts them (hypothesis: training on the
+    residual the node actually faces beats full invariance for a small network). ``view_hfov_deg``: field of view
+    of the square renders (default ``render.hfov_deg``; the node embeds the central square of a wider frame, so
+    :func:`central_square_fov_deg` of the camera is the faithful value)."""
 
     tile_size_m: float = 120.0
     spacing_m: float = 60.0
@@ -179,6 +188,10 @@ class OrthoDataConfig:
     splits: tuple[float, float, float] = (0.7, 0.1, 0.2)
     gap_m: float = 0.0
     out_px: int = 224
+    pairing: str = "location"
+    tile_sizes_m: tuple[float, ...] = (120.0, 180.0)
+    rotations: int = 8
+    view_hfov_deg: float | None = None
 
 
 class SyntheticOrtho(PairDataset):
@@ -203,7 +216,9 @@ class SyntheticOrtho(PairDataset):
             raise DatasetError(f"the drone orthophoto {drone_ortho.path} is in another CRS than {ortho.path}")
         self.ortho, self.drone_ortho = ortho, drone_ortho or ortho
         self.seed, self.split = int(seed), split
-        self.camera = CameraModel(self.cfg.out_px, self.cfg.out_px, self.render_cfg.hfov_deg)
+        if self.cfg.pairing not in ("location", "index"):
+            raise DatasetError(f"pairing {self.cfg.pairing!r} is not location or index")
+        self.camera = CameraModel(self.cfg.out_px, self.cfg.out_px, self.cfg.view_hfov_deg or self.render_cfg.hfov_deg)
         self.centers = split_locations(ortho, self.cfg, self.render_cfg)[split]
         if len(self.centers) == 0:
             raise DatasetError(f"orthophoto {ortho.path or '(in memory)'}: no {split} locations fit (map "
@@ -212,11 +227,20 @@ class SyntheticOrtho(PairDataset):
         self.num_classes = len(self.centers)
         self.labels = np.repeat(np.arange(self.num_classes, dtype=np.int64), self.cfg.views)
 
-    def satellite(self, loc: int) -> np.ndarray:
+    def satellite(self, loc: int, size_m: float | None = None, rotation_deg: float = 0.0) -> np.ndarray:
+        """The satellite tile of location ``loc`` (default: north-up, ``tile_size_m``)."""
         e, n = self.centers[loc]
-        spec = TileSpec(tile_id=loc, level=0, size_m=self.cfg.tile_size_m, center_e=float(e), center_n=float(n),
-                        lat=math.nan, lon=math.nan)
-        return cut_tile(self.ortho, spec, self.cfg.out_px, 0.0)
+        spec = TileSpec(tile_id=loc, level=0, size_m=size_m or self.cfg.tile_size_m, center_e=float(e),
+                        center_n=float(n), lat=math.nan, lon=math.nan)
+        return cut_tile(self.ortho, spec, self.cfg.out_px, rotation_deg)
+
+    def index_tile_for(self, pose: CameraPose) -> tuple[float, float]:
+        """(side m, rotation deg) of the index tile a view with ``pose`` is matched to (``pairing: index``)."""
+        side = 2.0 * pose.altitude_m * math.tan(math.radians(self.camera.hfov_deg) / 2.0)
+        sizes = np.asarray(self.cfg.tile_sizes_m or (self.cfg.tile_size_m,), float)
+        size = float(sizes[np.argmin(np.abs(np.log(sizes / side)))])
+        step = 360.0 / max(1, self.cfg.rotations)
+        return size, (round(pose.yaw_deg / step) * step) % 360.0
 
     def pose(self, loc: int, view: int, rng: np.random.Generator) -> CameraPose:
         rc, v = self.render_cfg, self.cfg.views
@@ -230,14 +254,21 @@ class SyntheticOrtho(PairDataset):
         return dataclasses.replace(pose, easting=float(2 * e - ge[0]), northing=float(2 * n - gn[0]))
 
     def drone(self, loc: int, view: int, epoch: int | None = None) -> np.ndarray:
+        return self._drone_and_pose(loc, view, epoch)[0]
+
+    def _drone_and_pose(self, loc: int, view: int, epoch: int | None = None) -> tuple[np.ndarray, CameraPose]:
         ep = self.epoch if epoch is None else epoch
         rng = np.random.default_rng([self.seed, ep, loc, view])
-        img = render_view(self.drone_ortho, self.pose(loc, view, rng), self.camera)
-        return photometric(img, rng, self.render_cfg)
+        pose = self.pose(loc, view, rng)
+        img = render_view(self.drone_ortho, pose, self.camera)
+        return photometric(img, rng, self.render_cfg), pose
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
         loc, view = divmod(int(i), self.cfg.views)
-        return self.drone(loc, view), self.satellite(loc), loc
+        drone, pose = self._drone_and_pose(loc, view)
+        if self.cfg.pairing == "index":
+            return drone, self.satellite(loc, *self.index_tile_for(pose)), loc
+        return drone, self.satellite(loc), loc
 
     def retrieval_task(self, task: str, views: int | None = None) -> tuple[RetrievalSet, RetrievalSet]:
         """(query, gallery) with the fixed epoch-0 renders: drone2sat = all views vs the tiles; sat2drone the
@@ -252,6 +283,14 @@ class SyntheticOrtho(PairDataset):
         if task == "sat2drone":
             return sats, drones
         raise DatasetError(f"task {task!r} is not one of {', '.join(TASKS)}")
+
+
+def central_square_fov_deg(render_cfg: RenderConfig) -> float:
+    """Field of view (degrees) of the central square of a ``render.image_width_px×image_height_px`` frame with
+    ``render.hfov_deg``: what the node embeds (:func:`mobilegeo_ros.localizer.center_square`)."""
+    w, h = render_cfg.image_width_px, render_cfg.image_height_px
+    half = math.tan(math.radians(render_cfg.hfov_deg) / 2.0) * min(w, h) / w
+    return math.degrees(2.0 * math.atan(half))
 
 
 def view_radius_m(render_cfg: RenderConfig, hfov_deg: float | None = None) -> float:
@@ -295,5 +334,5 @@ def split_locations(ortho: Orthophoto, data_cfg: OrthoDataConfig, render_cfg: Re
 
 
 __all__ = ["DatasetError", "FolderPairs", "OrthoDataConfig", "PairDataset", "RetrievalSet", "SyntheticOrtho",
-           "TASKS", "folder_task", "read_rgb", "split_locations", "sues200_task", "sues200_train",
+           "TASKS", "central_square_fov_deg", "folder_task", "read_rgb", "split_locations", "sues200_task", "sues200_train",
            "university1652_task", "university1652_train", "view_radius_m"]

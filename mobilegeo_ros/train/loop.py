@@ -38,8 +38,8 @@ from mobilegeo_ros.model.preprocess import preprocess
 from mobilegeo_ros.model.weights import load_state_dict_file, save_safetensors
 from mobilegeo_ros.train import losses as L
 from mobilegeo_ros.train.config import RunConfig
-from mobilegeo_ros.train.datasets import OrthoDataConfig, PairDataset, SyntheticOrtho, sues200_train, \
-    university1652_train
+from mobilegeo_ros.train.datasets import OrthoDataConfig, PairDataset, SyntheticOrtho, central_square_fov_deg, \
+    sues200_train, university1652_train
 from mobilegeo_ros.train.student import OpenNsfwTeacherNet, StudentNet, TimmTeacherNet
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,21 @@ def unique_class_batches(labels: np.ndarray, batch_size: int, seed: int) -> list
     return [batches[i] for i in order]
 
 
-def collate(items: list[tuple[np.ndarray, np.ndarray, int]], input_px: int, rng: np.random.Generator | None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(items: list[tuple[np.ndarray, np.ndarray, int]], input_px: int, rng: np.random.Generator | None,
+            aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Preprocess a list of (drone, satellite, class) into (B×3×S×S drone, B×3×S×S satellite, B labels).
 
     Augmentation when ``rng`` is given (MEAN, hypothesis): the satellite image rotated by a random multiple of 90°
-    (drone yaw is arbitrary), and a horizontal flip applied to both images of a pair with probability ½.
+    (drone yaw is arbitrary; with ``aligned`` pairs, ``pairing: index``, both images by the same multiple so the
+    pair stays aligned), and a horizontal flip applied to both images of a pair with probability ½.
     """
     drones, sats, labels = [], [], []
     for drone, sat, label in items:
         if rng is not None:
-            sat = np.rot90(sat, int(rng.integers(4)))
+            k = int(rng.integers(4))
+            sat = np.rot90(sat, k)
+            if aligned:
+                drone = np.rot90(drone, k)
             if rng.random() < 0.5:
                 drone, sat = drone[:, ::-1], sat[:, ::-1]
         drones.append(np.ascontiguousarray(drone))
@@ -102,9 +106,12 @@ def build_dataset(run: RunConfig, split: str = "train") -> PairDataset:
 
 
 def ortho_data_config(run: RunConfig) -> OrthoDataConfig:
-    t = run.train
+    t, core = run.train, run.core
+    rotations = core.index.rotations if core.index.heading == "gallery_rotations" else 1
     return OrthoDataConfig(tile_size_m=t.tile_size_m, spacing_m=t.spacing_m, views=t.views,
-                           splits=tuple(t.splits), gap_m=t.gap_m, out_px=run.core.model.input_px)
+                           splits=tuple(t.splits), gap_m=t.gap_m, out_px=core.model.input_px, pairing=t.pairing,
+                           tile_sizes_m=tuple(core.map.tile_sizes_m), rotations=rotations,
+                           view_hfov_deg=central_square_fov_deg(core.render) if t.pairing == "index" else None)
 
 
 def build_network(run: RunConfig, num_classes: int, teacher: bool = False) -> nn.Module:
@@ -366,7 +373,8 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             _BatchView(dataset, batches[start_batch:]), batch_size=None, shuffle=False,
             num_workers=t.num_workers, collate_fn=_keep)
         for i, items in enumerate(loader, start=start_batch):
-            terms = trainer.step(*collate(items, run.core.model.input_px, aug_rng))
+            terms = trainer.step(*collate(items, run.core.model.input_px, aug_rng,
+                                          aligned=t.data_format == "ortho" and t.pairing == "index"))
             bar.update(1)
             bar.set_postfix(loss=f"{terms['total']:.3f}")
             out_of_time = bool(t.max_time_s) and time.time() - t0 >= t.max_time_s
