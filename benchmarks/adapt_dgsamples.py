@@ -10,7 +10,7 @@ Prints one table row per model: recall@1/5/10, fix rate, median error, >50 m fix
 Everything derived from dgsamples (the adapted weights included) stays under ``--out`` (default /tmp): its licence
 forbids distributing derived products.
 
-    .venv/bin/python benchmarks/adapt_dgsamples.py --minutes 5 --compare imagenet shipped
+    .venv/bin/python benchmarks/adapt_dgsamples.py --minutes 15 --views 120 --compare imagenet
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from mobilegeo_ros.train.adapt import adapt  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--views", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", default=None, help="start weights (default: the shipped student, else ImageNet)")

@@ -56,6 +56,36 @@ def build_demo_index(cfg: Config, cache_dir: Path, progress: bool = True) -> Pat
     return out
 
 
+def adapt_demo_weights(cfg: Config, cache_dir: Path, minutes: float, progress: bool = True, log=print) -> Path:
+    """Mission-area adaptation (:func:`mobilegeo_ros.train.adapt.adapt`) of ``cfg``'s model on the WV2 map, cached
+    in ``cache_dir`` (the weights derive from dgsamples: never inside the repository) → ``student.safetensors``."""
+    import shutil
+    import tempfile
+
+    from mobilegeo_ros.train.adapt import ADAPT_RECIPE, adapt
+
+    wv2 = dgsamples.scene("wv2")
+    map_cfg = dataclasses.replace(cfg, map=dataclasses.replace(cfg.map, pansharpen_with=str(wv2.pan)))
+    d = to_dict(map_cfg)
+    key = json.dumps({"map": d["map"], "render": d["render"], "index": d["index"], "minutes": minutes,
+                      "recipe": ADAPT_RECIPE, "model": load_model(cfg.model).identity()}, sort_keys=True)
+    out = cache_dir / f"adapt-wv2-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (out / "student.safetensors").is_file():
+        log(f"      adapted student (cached): {out / 'student.safetensors'}")
+        return out / "student.safetensors"
+    log(f"      adapting the student to the WV2 map for {minutes:g} min (mobilegeo adapt) ...")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=cache_dir))
+    try:
+        adapt(wv2.mul, work / "run", map_cfg, minutes=minutes, progress=progress)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work / "run", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out / "student.safetensors"
+
+
 def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache_dir: Path | None = None,
              progress: bool = True, log=print) -> Path:
     """Run the demo, write the report into ``out_dir`` and return ``out_dir / "summary.json"``."""

@@ -57,3 +57,33 @@ def test_cross_date_localization_on_real_imagery(tmp_path):
     assert recall["recall@5"] >= 3 * chance_at_5, (recall, chance_at_5)
     assert recall["recall@1"] >= 25.0, recall
     assert np.median(errors) < 200.0, errors
+
+
+@pytest.mark.slow
+def test_demo_with_mission_adaptation_compares_both_models(tmp_path, monkeypatch, capsys):
+    """`mobilegeo demo --adapt-minutes M --compare`: adapts on the WV2 map (cached outside the repo), then runs the
+    baseline and the adapted model on the same views and prints both tables and the gain line."""
+    import json
+
+    import yaml
+
+    from mobilegeo_ros.cli import main
+
+    monkeypatch.setenv("MOBILEGEO_CACHE", str(tmp_path / "cache"))
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({"map": {"tile_sizes_m": [160.0], "overlap": 0.0}, "index": {"rotations": 2},
+                                     "refine": {"enabled": False}, "model": {"input_px": 96}}))
+    args = ["demo", "--out", str(tmp_path / "report"), "--views", "3", "--config", str(small), "--quiet",
+            "--adapt-minutes", "0.01", "--compare", "--backend", "onnxruntime"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "baseline model" in out and "adapted model" in out and "mission adaptation (0.01 min)" in out
+    adapted = json.loads((tmp_path / "report" / "adapted" / "summary.json").read_text())
+    baseline = json.loads((tmp_path / "report" / "baseline" / "summary.json").read_text())
+    assert "adapt-wv2-" in adapted["model_weights"] and str(tmp_path / "cache") in adapted["model_weights"]
+    assert adapted["index_dir"] != baseline["index_dir"]  # another model, another index
+    cached = list((tmp_path / "cache").glob("adapt-wv2-*/student.safetensors"))
+    assert len(cached) == 1
+    # a second run reuses the adapted weights (no new adaptation run)
+    assert main(args) == 0
+    assert "(cached)" in capsys.readouterr().out

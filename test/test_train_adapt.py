@@ -48,6 +48,19 @@ def test_freeze_stages_keeps_weights_and_batchnorm_statistics():
     assert any(not torch.equal(v, after[k]) for k, v in before.items() if int(k.split(".")[0]) >= frozen_hi)
 
 
+def test_freeze_bn_stats_keeps_every_running_statistic():
+    net = StudentNet(4, bottleneck=16)
+    net.freeze_bn_stats = True
+    before = {k: v.clone() for k, v in net.features.state_dict().items() if "running" in k}
+    net.train()
+    net.keep_frozen_in_eval()
+    out = net(torch.randn(4, 3, 64, 64) * 3 + 1)
+    sum(torch.nn.functional.cross_entropy(z, torch.tensor([0, 1, 2, 3])) for z in out.logits).backward()
+    after = net.features.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert net.features[18][1].weight.grad is not None  # the affine BN weights still learn
+
+
 def test_init_weights_round_trip_and_refusal(tmp_path):
     a = StudentNet(3, bottleneck=16)
     with torch.no_grad():

@@ -56,6 +56,8 @@ class TrainConfig:
                                "e.g. the shipped models/student.safetensors) instead of ImageNet; empty = ImageNet")
     freeze_stages: int = _f(0, "student: keep the first N of the 4 backbone stages fixed (weights and BatchNorm "
                                "statistics; faster on a CPU, less forgetting of the init)", min=0, max=3)
+    freeze_bn_stats: bool = _f(False, "student: keep every BatchNorm layer's running statistics as initialised "
+                                      "(layers in eval mode while training; the affine weights still learn)")
     max_time_s: float = _f(0.0, "stop training after this many seconds of wall time (0 = no limit); the schedule "
                                 "still spans the planned steps", min=0.0)
     epochs: int = _f(2, "passes over the training pairs", min=1)

@@ -127,6 +127,7 @@ def build_network(run: RunConfig, num_classes: int, teacher: bool = False) -> nn
         net.load_embedding_weights(t.init_weights)
     if t.freeze_stages:
         net.freeze_stages(t.freeze_stages)
+    net.freeze_bn_stats = t.freeze_bn_stats
     return net
 
 

@@ -130,10 +130,15 @@ class StudentNet(nn.Module):
             self.features[i].requires_grad_(False)
 
     def keep_frozen_in_eval(self) -> None:
-        """Put the frozen stages back in eval mode after ``train()`` (BatchNorm statistics stay those of the init)."""
+        """Put the frozen stages back in eval mode after ``train()`` (BatchNorm statistics stay those of the init),
+        and with ``freeze_bn_stats`` every backbone BatchNorm layer."""
         n = getattr(self, "frozen_stages", 0)
         for i in range(STAGE_BOUNDS[n - 1][1] if n > 0 else 0):
             self.features[i].eval()
+        if getattr(self, "freeze_bn_stats", False):
+            for m in self.features.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
 
     def embedding_state_dict(self) -> dict[str, torch.Tensor]:
         """``features.*`` + ``gem.p``: the ``mobilenetv2_gem`` weights format (see the module docstring)."""
