@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     thumbs = {i: thumbnail_descriptors(v) for i, v in views.items()}
     print(f"MSRM multi-query: {'dgsamples WV2 tiles / WV3 views' if args.dgsamples else 'synthetic map'}, "
           f"{n_loc} gallery tiles ({args.tile_m:g} m), {len(locs)} locations x up to {kmax} orbit views; model "
-          f"{model.identity().get('weights', '')} [{args.backend}]; prepared in {time.perf_counter() - t0:.0f} s")
+          f"{args.weights or 'default'} (sha256 {model.identity()['weights_sha256'][:12]}) [{args.backend}]; prepared in {time.perf_counter() - t0:.0f} s")
     print(f"| k | method | R@1 | AP | encoder calls / location | saved vs mean |")
     print("|---|---|---|---|---|---|")
     for k in args.k:
