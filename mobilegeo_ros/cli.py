@@ -131,27 +131,25 @@ def _read_image(path: Path):
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
-#: Physically possible ranges of the localize priors (open intervals for hfov and altitude): a value outside is a
-#: typing mistake, refused before any work instead of being silently ignored.
-PRIOR_LIMITS = {"yaw_deg": (-360.0, 360.0, "closed"), "pitch_deg": (-90.0, 90.0, "open"),
-                "roll_deg": (-90.0, 90.0, "open"), "altitude_m": (0.0, 100000.0, "open-low"),
-                "hfov_deg": (0.0, 180.0, "open")}
+#: Physically possible ranges of the localize priors: (low, high, closed?); a value outside is a typing mistake,
+#: refused before any work instead of being silently ignored.
+PRIOR_LIMITS = {"yaw_deg": (-360.0, 360.0, True), "pitch_deg": (-90.0, 90.0, False),
+                "roll_deg": (-90.0, 90.0, False), "altitude_m": (0.0, 100000.0, False),
+                "hfov_deg": (0.0, 180.0, False)}
 
 
 def _check_priors(args: argparse.Namespace) -> None:
     """CliError naming the option when a given prior is not finite or not physically possible."""
-    for name, (lo, hi, kind) in PRIOR_LIMITS.items():
+    for name, (lo, hi, closed) in PRIOR_LIMITS.items():
         value = getattr(args, name, None)
         if value is None:
             continue
         flag = "--" + name.replace("_", "-")
         if not math.isfinite(value):
             raise CliError(f"{flag} {value}: not a finite number")
-        low_ok = value >= lo if kind == "closed" else value > lo
-        high_ok = value < hi if kind in ("open", "open-low") else value <= hi
-        if not (low_ok and high_ok):
-            brackets = {"closed": "[{lo:g}, {hi:g}]", "open": "({lo:g}, {hi:g})", "open-low": "({lo:g}, {hi:g})"}
-            raise CliError(f"{flag} {value:g}: outside the possible range {brackets[kind].format(lo=lo, hi=hi)}")
+        if not (lo <= value <= hi if closed else lo < value < hi):
+            interval = f"[{lo:g}, {hi:g}]" if closed else f"({lo:g}, {hi:g})"
+            raise CliError(f"{flag} {value:g}: outside the possible range {interval}")
 
 
 def cmd_localize(args: argparse.Namespace) -> int:

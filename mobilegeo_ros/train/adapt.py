@@ -34,7 +34,6 @@ Outputs (in ``RUN_DIR``, as any training run): ``student.safetensors`` (the node
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, 
     ``train.*`` values (e.g. ``{"max_steps": 20}`` in tests).
     """
     from mobilegeo_ros.model.weights import default_student_weights
-    from mobilegeo_ros.train.config import load_run_config
+    from mobilegeo_ros.train.config import run_config_from_dict
     from mobilegeo_ros.train.loop import train
 
     if minutes <= 0:
@@ -76,20 +75,14 @@ def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, 
     start = init_weights or cfg.model.weights or default_student_weights() or ""
     recipe = {**ADAPT_RECIPE, "data_root": str(map_path), "init_weights": str(start), "max_time_s": 60.0 * minutes,
               "max_steps": max(1, int(math.ceil(minutes * STEPS_PER_MINUTE_CPU))), **(overrides or {})}
-    core = to_dict(cfg)
-    core.pop("node", None)
+    core = {k: v for k, v in to_dict(cfg).items() if k != "node"}
     run_dir = Path(run_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path = Path(tmp) / "adapt-input.yaml"
-        cfg_path.write_text(yaml.safe_dump({**core, "train": recipe}, sort_keys=False))
-        run = load_run_config(str(cfg_path))
-    train(run, run_dir, resume=False, progress=progress)
+    train(run_config_from_dict({**core, "train": recipe}), run_dir, resume=False, progress=progress)
     weights = run_dir / "student.safetensors"
-    deploy = to_dict(cfg)
-    deploy["model"]["weights"] = str(weights.resolve())
+    core["model"]["weights"] = str(weights.resolve())
     (run_dir / "adapt.yaml").write_text(
         "# Written by mobilegeo adapt: the config of the adapted student (build the index with it).\n"
-        + yaml.safe_dump({k: v for k, v in deploy.items() if k != "node"}, sort_keys=False))
+        + yaml.safe_dump(core, sort_keys=False))
     return weights
 
 

@@ -165,6 +165,12 @@ def load_run_config(preset_or_yaml: str, overrides: dict[str, Any] | None = None
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(p)!r}: top level must be a mapping")
+    return run_config_from_dict(data, overrides)
+
+
+def run_config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The YAML layout as a dict (core sections + ``train:``), then ``overrides`` (``train`` keys) → validated
+    :class:`RunConfig` (ConfigError naming the key)."""
     train_data = dict(data.get("train") or {})
     train_data.update(overrides or {})
     core_data = {k: v for k, v in data.items() if k != "train"}
@@ -178,4 +184,4 @@ def load_run_config(preset_or_yaml: str, overrides: dict[str, Any] | None = None
     return RunConfig(core.validate(), tcfg.validate())
 
 
-__all__ = ["PRESETS", "RunConfig", "TrainConfig", "load_run_config"]
+__all__ = ["PRESETS", "RunConfig", "TrainConfig", "load_run_config", "run_config_from_dict"]

@@ -122,7 +122,8 @@ def build_network(run: RunConfig, num_classes: int, teacher: bool = False) -> nn
             backbone = t.teacher_backbone or t.teacher_checkpoint
             return TimmTeacherNet(t.teacher_arch, backbone, num_classes, t.bottleneck, t.dropout)
         return OpenNsfwTeacherNet(num_classes, t.bottleneck, t.dropout)
-    net = StudentNet(num_classes, t.bottleneck, t.dropout, gem_p=run.core.model.gem_p, aux_heads=t.aux_heads)
+    net = StudentNet(num_classes, t.bottleneck, t.dropout, gem_p=run.core.model.gem_p, aux_heads=t.aux_heads,
+                     pretrained=not t.init_weights)  # init weights replace ImageNet: do not load it first
     if t.init_weights:
         net.load_embedding_weights(t.init_weights)
     if t.freeze_stages:
@@ -364,6 +365,10 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     bar = tqdm(total=total, initial=trainer.global_step, disable=not progress or rank != 0, desc="train",
                unit="step")
     t0 = time.time()
+
+    def out_of_time() -> bool:
+        return bool(t.max_time_s) and time.time() - t0 >= t.max_time_s
+
     epoch = start_epoch
     while trainer.global_step < total and epoch < t.epochs:
         dataset.set_epoch(epoch)
@@ -378,21 +383,21 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                                           aligned=t.data_format == "ortho" and t.pairing == "index"))
             bar.update(1)
             bar.set_postfix(loss=f"{terms['total']:.3f}")
-            out_of_time = bool(t.max_time_s) and time.time() - t0 >= t.max_time_s
-            if rank == 0 and (trainer.global_step % t.log_every == 0 or trainer.global_step == total or out_of_time):
+            stop = trainer.global_step >= total or out_of_time()
+            if rank == 0 and (trainer.global_step % t.log_every == 0 or stop):
                 line = {"step": trainer.global_step, "epoch": epoch, "lr": trainer.scheduler.get_last_lr()[0],
                         **terms, "seconds": round(time.time() - t0, 3), "world_size": world_size}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(line) + "\n")
             if rank == 0 and t.save_every and trainer.global_step % t.save_every == 0:
                 trainer.save(run_dir, epoch, i + 1)
-            if trainer.global_step >= total or out_of_time:
+            if stop:
                 break
         start_batch = 0
         epoch += 1
         if rank == 0:
             trainer.save(run_dir, epoch, 0)
-        if t.max_time_s and time.time() - t0 >= t.max_time_s:
+        if out_of_time():
             log.info("train.max_time_s %.0f s spent after %d steps", t.max_time_s, trainer.global_step)
             break
     bar.close()

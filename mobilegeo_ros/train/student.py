@@ -86,6 +86,8 @@ class StudentNet(nn.Module):
         self.num_classes = num_classes
         self.dim = STAGE_CHANNELS[-1]
         self.feature_channels = STAGE_CHANNELS[-1]
+        self.frozen_stages = 0  # freeze_stages(n)
+        self.freeze_bn_stats = False  # keep every BatchNorm's running statistics (keep_frozen_in_eval)
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The 4 stage outputs (N×24×S/4², N×32×S/8², N×96×S/16², N×1280×S/32²)."""
@@ -108,34 +110,30 @@ class StudentNet(nn.Module):
         return F.normalize(self.gem(self.features(x)), p=2.0, dim=1)
 
     def load_embedding_weights(self, path: str | Path) -> None:
-        """Initialise ``features`` and ``gem.p`` from a ``mobilenetv2_gem`` weights file (e.g. a student.safetensors;
-        ModelError naming the file when it does not fit)."""
-        state = load_state_dict_file(path)
-        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        try:
-            self.features.load_state_dict(feats, strict=True)
-        except RuntimeError as e:
-            raise ModelError(f"init weights {str(path)!r} are not mobilenetv2_gem embedding weights: "
-                             f"{str(e).splitlines()[0]}") from None
-        if "gem.p" in state:
-            with torch.no_grad():
-                self.gem.p.copy_(state["gem.p"].reshape(self.gem.p.shape))
+        """Initialise ``features`` and ``gem.p`` from a ``mobilenetv2_gem`` weights file (e.g. a student.safetensors,
+        or the ImageNet file) with :func:`mobilegeo_ros.model.mobilenetv2_gem.load_weights_into` (ModelError naming
+        the file when it does not fit)."""
+        from mobilegeo_ros.model.mobilenetv2_gem import load_weights_into
+
+        load_weights_into(self, load_state_dict_file(path), f"init weights {str(path)!r}")
+
+    def _frozen_modules(self) -> range:
+        """Indices into ``features`` of the frozen stages."""
+        return range(STAGE_BOUNDS[self.frozen_stages - 1][1] if self.frozen_stages > 0 else 0)
 
     def freeze_stages(self, n: int) -> None:
         """Fix the first ``n`` backbone stages (no gradients; their BatchNorm keeps its running statistics, see
         :meth:`keep_frozen_in_eval`)."""
         self.frozen_stages = int(n)
-        hi = STAGE_BOUNDS[n - 1][1] if n > 0 else 0
-        for i in range(hi):
+        for i in self._frozen_modules():
             self.features[i].requires_grad_(False)
 
     def keep_frozen_in_eval(self) -> None:
         """Put the frozen stages back in eval mode after ``train()`` (BatchNorm statistics stay those of the init),
         and with ``freeze_bn_stats`` every backbone BatchNorm layer."""
-        n = getattr(self, "frozen_stages", 0)
-        for i in range(STAGE_BOUNDS[n - 1][1] if n > 0 else 0):
+        for i in self._frozen_modules():
             self.features[i].eval()
-        if getattr(self, "freeze_bn_stats", False):
+        if self.freeze_bn_stats:
             for m in self.features.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.eval()
