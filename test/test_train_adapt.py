@@ -93,6 +93,10 @@ def test_adapt_cli_writes_a_deployable_student_and_config(world, capsys):
     init, got = load_state_dict_file(start), load_state_dict_file(out / "student.safetensors")
     assert torch.equal(init["features.0.0.weight"], got["features.0.0.weight"])
     assert not torch.equal(init["features.18.0.weight"], got["features.18.0.weight"])
+    # the recipe writes the WiSE-FT midpoint of the init and the fine-tuned end
+    tuned = load_state_dict_file(out / "student_finetuned.safetensors")
+    assert torch.allclose(got["features.18.0.weight"],
+                          0.5 * (init["features.18.0.weight"] + tuned["features.18.0.weight"]), atol=1e-6)
     # adapt.yaml is a valid core config pointing at the weights, which the node's model class loads
     deploy = load_config(out / "adapt.yaml")
     assert deploy.model.weights == str((out / "student.safetensors").resolve()) and deploy.model.input_px == 64

@@ -12,8 +12,9 @@ Run directory (every file written atomically):
 every loss term, seconds), ``checkpoint.safetensors`` (network + loss parameters) with ``trainer_state.pt``
 (optimizer, scheduler, scaler, step, epoch, PALW state; loaded ``weights_only``) for ``--resume``,
 ``model.safetensors`` (the full trained network, e.g. a teacher for distillation), ``student.safetensors`` for a
-student (the deployable ``mobilenetv2_gem`` weights: ``model.weights`` of the node/CLI) and ``eval.json`` (ortho data:
-D→S and S→D metrics on the held-out test locations).
+student (the deployable ``mobilenetv2_gem`` weights: ``model.weights`` of the node/CLI; with ``train.wise_alpha`` < 1
+the WiSE-FT interpolation with the init, the fine-tuned end in ``student_finetuned.safetensors``) and ``eval.json``
+(ortho data: D→S and S→D metrics of ``student.safetensors`` on the held-out test locations).
 """
 
 from __future__ import annotations
@@ -404,7 +405,18 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     if rank == 0:
         save_safetensors(trainer.net.state_dict(), run_dir / "model.safetensors")
         if isinstance(trainer.net, StudentNet):
-            save_safetensors(trainer.net.embedding_state_dict(), run_dir / "student.safetensors")
+            student = run_dir / "student.safetensors"
+            if t.wise_alpha < 1.0:
+                from mobilegeo_ros.model.mobilenetv2_gem import load_weights_into
+                from mobilegeo_ros.train.wise_ft import interpolate_weights
+
+                finetuned = save_safetensors(trainer.net.embedding_state_dict(),
+                                             run_dir / "student_finetuned.safetensors")
+                interpolate_weights(t.init_weights or None, finetuned, t.wise_alpha, student)
+                # eval.json measures the weights that ship
+                load_weights_into(trainer.net, load_state_dict_file(student), f"WiSE-FT student {str(student)!r}")
+            else:
+                save_safetensors(trainer.net.embedding_state_dict(), student)
         if t.data_format == "ortho" and t.eval_views > 0:
             test = build_dataset(run, "test")
             result = evaluate_ortho(trainer.net, test, t.eval_views, run.core.model.input_px, device)
