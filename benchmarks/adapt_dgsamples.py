@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "evaluate the --compare and --weights models)")
     ap.add_argument("--views", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--init", default=None, help="start weights (default: the shipped student, else ImageNet)")
+    ap.add_argument("--init", default=None, help="start weights (default: ImageNet, as mobilegeo adapt)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train.* recipe override")
     ap.add_argument("--compare", nargs="*", default=["imagenet"], choices=["imagenet", "shipped"])
     ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             models["adapted, fine-tuned end"] = str(finetuned)
         for alpha in args.wise:
             models[f"adapted, WiSE-FT {alpha:g}"] = str(interpolate_weights(
-                args.init or default_student_weights(), finetuned if finetuned.is_file() else weights, alpha,
+                args.init, finetuned if finetuned.is_file() else weights, alpha,
                 run_dir / f"wise-{alpha:g}.safetensors"))
     for item in args.weights:
         name, _, path = item.rpartition("=")

@@ -184,16 +184,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from mobilegeo_ros.demo import adapt_demo_weights, default_cache_dir, format_table, run_demo
+    from mobilegeo_ros.model.weights import resolve_default_weights, shipped_mobilenetv2_path
 
     cfg = _apply_backend(_config(args.config), args)
     out = Path(args.out) if args.out else default_cache_dir() / "demo"
     if args.adapt_minutes < 0:
         raise CliError(f"--adapt-minutes {args.adapt_minutes:g}: must be >= 0")
-    runs = [("", cfg)]
+    def with_weights(weights: str):
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=weights))
+
+    # --compare: the ImageNet weights first (when the configured model is something else, e.g. the shipped
+    # student), then the configured model, then the adapted one; gains are printed against the first run.
+    imagenet = str(shipped_mobilenetv2_path())
+    compare_imagenet = args.compare and str(resolve_default_weights(cfg.model.weights)) != imagenet
+    runs = [("imagenet", with_weights(imagenet))] if compare_imagenet else []
     if args.adapt_minutes > 0:
         weights = adapt_demo_weights(cfg, default_cache_dir(), args.adapt_minutes, progress=not args.quiet)
-        adapted = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=str(weights)))
-        runs = ([("baseline", cfg)] if args.compare else []) + [("adapted", adapted)]
+        runs += ([("unadapted", cfg)] if args.compare else []) + [("adapted", with_weights(str(weights)))]
+    else:
+        runs += [("default" if runs else "", cfg)]
     summaries = []
     for name, run_cfg in runs:
         path = run_demo(out / name if name else out, run_cfg, n_views=args.views, seed=args.seed,
@@ -208,11 +217,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"recall@k: a retrieved tile is correct when the ground point under the image centre lies in it; errors "
               f"are to the drone position. Total {summary['total_time_s']:.0f} s.")
         print(f"report: {summary_path.parent} (summary.json, fixes.csv, track.png)")
-    if len(summaries) == 2:
-        (_, _, a), (_, _, b) = summaries
-        print(f"\nmission adaptation ({args.adapt_minutes:g} min): recall@1 {a['recall@1']:.1f} % → "
-              f"{b['recall@1']:.1f} %, fix rate {100 * a['fix_rate']:.0f} % → {100 * b['fix_rate']:.0f} %, "
-              f"median error {a['median_error_m']:.1f} m → {b['median_error_m']:.1f} m")
+    if len(summaries) > 1:
+        base_name, _, a = summaries[0]
+        for name, _, b in summaries[1:]:
+            what = f"mission adaptation ({args.adapt_minutes:g} min)" if name == "adapted" else f"{name} model"
+            print(f"\n{what} vs the {base_name} model: recall@1 {a['recall@1']:.1f} % → {b['recall@1']:.1f} %, "
+                  f"fix rate {100 * a['fix_rate']:.0f} % → {100 * b['fix_rate']:.0f} %, "
+                  f"median error {a['median_error_m']:.1f} m → {b['median_error_m']:.1f} m")
     return 0
 
 
@@ -450,8 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-minutes", type=float, default=0.0, metavar="M",
                    help="first adapt the student to the WV2 map for M minutes (mobilegeo adapt; cached in "
                         "~/.cache/mobilegeo), then localize with it; 0 = no adaptation (default)")
-    p.add_argument("--compare", action="store_true", help="with --adapt-minutes: also run the unadapted model on "
-                                                          "the same views and print the gain")
+    p.add_argument("--compare", action="store_true", help="also run the ImageNet weights (when the model is the "
+                                                          "shipped student or model.weights) and, with "
+                                                          "--adapt-minutes, the unadapted model on the same views, "
+                                                          "and print the gains")
     _add_backend_option(p)
     common(p)
     p.set_defaults(func=cmd_demo)
@@ -560,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "~10 min on 2 cores: measured +2.0 and +6.6 "
                                                                 "points R@1 on two real cross-date view sets)")
     p.add_argument("--init", default="", metavar="WEIGHTS", help="start from these student weights (default: "
-                                                                 "model.weights, else the shipped student)")
+                                                                 "model.weights, else ImageNet: the measured start)")
     p.add_argument("--config", metavar="YAML", help="core config (map, render, model sections)")
     p.add_argument("--set", action="append", default=[], metavar="KEY:=VALUE",
                    help="override a train key of the recipe, e.g. max_steps:=50 (repeatable)")

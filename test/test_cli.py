@@ -133,10 +133,16 @@ def test_impossible_priors_are_refused(world, flag, value, fragment):
 
 def test_index_built_with_another_model_is_refused(world, tmp_path):
     other = tmp_path / "other.yaml"
-    other.write_text(SMALL_CONFIG + "model:\n  gem_p: 4.0\n")
+    from mobilegeo_ros.model.weights import resolve_default_weights, shipped_mobilenetv2_path
+
+    # the index was built with the default weights; configure the other of ImageNet / the shipped student
+    imagenet = shipped_mobilenetv2_path()
+    weights = imagenet if resolve_default_weights("") != imagenet else None
+    other.write_text(SMALL_CONFIG + ("model:\n  gem_p: 4.0\n" if weights is None else
+                                     f"model:\n  weights: {weights}\n"))
     view = next((world["views"] / "images").iterdir())
     r = mobilegeo("localize", "--index", world["index"], view, "--config", other, check=False)
-    assert_user_error(r, "GeM p")
+    assert_user_error(r, "different embedding model")
 
 
 def test_non_georeferenced_tiff_is_refused(tmp_path):

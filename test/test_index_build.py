@@ -16,13 +16,16 @@ from mobilegeo_ros.geo.tiles import cut_tile, tile_grid
 from mobilegeo_ros.index import IndexFileError, TileIndex
 from mobilegeo_ros.index.build import build_index, embed_tiles, gallery_rotations
 from mobilegeo_ros.model import load_model
+from mobilegeo_ros.model.weights import shipped_mobilenetv2_path
 
 TILE_PX = 96  # small tiles and network input keep the whole file at a few seconds of CPU
 
 
 def make_cfg(heading: str):
     return from_dict({"map": {"tile_sizes_m": [100.0], "overlap": 0.5, "tile_px": TILE_PX},
-                      "model": {"input_px": TILE_PX},
+                      # the index mechanics are measured with the ImageNet weights, whose thresholds these are (the
+                      # shipped student finds 82 % instead of >= 85 % of the 10°-off views on this synthetic map)
+                      "model": {"input_px": TILE_PX, "weights": str(shipped_mobilenetv2_path())},
                       "index": {"kind": "flat", "heading": heading, "rotations": 4}})
 
 

@@ -34,7 +34,7 @@ SHIPPED_STATE_SHA256 = "7e4633c80a6b99fa745b8451f1df3d54e33fdbd2eda9ca6beab3a930
 
 @pytest.fixture(scope="module")
 def model() -> MobileNetV2GeM:
-    return MobileNetV2GeM(ModelConfig())
+    return MobileNetV2GeM(ModelConfig(weights=str(shipped_mobilenetv2_path())))  # the ImageNet file, not the student
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_embed_contract(model, images):
     np.testing.assert_array_equal(emb, model.embed(images))  # deterministic
     # An N×H×W×3 array gives the same as a list; batching does not change results.
     np.testing.assert_allclose(model.embed(np.stack(images)), emb, atol=1e-5)
-    small_batches = MobileNetV2GeM(ModelConfig(batch_size=3))
+    small_batches = MobileNetV2GeM(ModelConfig(batch_size=3, weights=str(shipped_mobilenetv2_path())))
     np.testing.assert_allclose(small_batches.embed(images), emb, atol=1e-5)
     assert model.embed([]).shape == (0, 1280)
     assert model.embed(np.zeros((0, 50, 50, 3), np.uint8)).shape == (0, 1280)
@@ -140,7 +140,7 @@ def test_identity_is_backend_free_and_tracks_weights(model, tmp_path):
     changed["gem.p"] = torch.tensor([4.0])
     p4 = MobileNetV2GeM(ModelConfig(weights=str(save_safetensors(changed, tmp_path / "p4.safetensors"))))
     assert p4.identity()["gem_p"] == 4.0 and p4.fingerprint() != model.fingerprint()
-    assert MobileNetV2GeM(ModelConfig(input_px=160)).fingerprint() != model.fingerprint()
+    assert MobileNetV2GeM(ModelConfig(input_px=160, weights=str(shipped_mobilenetv2_path()))).fingerprint() != model.fingerprint()
 
 
 def test_bad_weight_files_raise_model_error_naming_the_file(model, tmp_path):

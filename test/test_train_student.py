@@ -9,6 +9,7 @@ from mobilegeo_ros.model.base import ModelError
 from mobilegeo_ros.model.flops import torch_flops
 from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM
 from mobilegeo_ros.model.preprocess import preprocess
+from mobilegeo_ros.model.weights import shipped_mobilenetv2_path
 from mobilegeo_ros.train.student import OpenNsfwTeacherNet, StudentNet, TimmTeacherNet, export_student
 
 
@@ -41,7 +42,7 @@ def test_stages_heads_and_shapes(student):
 def test_imagenet_init_and_export_runs_in_the_node_model(student, tmp_path):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 255, (3, 96, 96, 3), dtype=np.uint8)
-    shipped = MobileNetV2GeM(ModelConfig(input_px=96))
+    shipped = MobileNetV2GeM(ModelConfig(input_px=96, weights=str(shipped_mobilenetv2_path())))  # ImageNet file
     x = torch.from_numpy(preprocess(imgs, 96))
     with torch.no_grad():
         ours = student.embed(x).numpy()

@@ -74,7 +74,7 @@ def load_weights_into(net: MobileNetV2GeMNet, state: dict[str, torch.Tensor], wh
             raise ModelError(f"{what}: 'gem.p' must hold one value, has shape {tuple(gem_p.shape)}")
         new_p = float(gem_p.reshape(-1)[0])
         if abs(new_p - float(net.gem.p.detach().reshape(-1)[0])) > 1e-6:
-            log.warning("%s: GeM p = %.4f from the weights file overrides model.gem_p = %.4f", what, new_p,
+            log.info("%s: GeM p = %.4f from the weights file overrides model.gem_p = %.4f", what, new_p,
                         float(net.gem.p.detach().reshape(-1)[0]))
         with torch.no_grad():
             net.gem.p.fill_(new_p)

@@ -49,11 +49,13 @@ def synthetic_setup(cache_root: str | Path | None = None, map_kw: dict | None = 
     """Write (or reuse) a synthetic GeoTIFF and its tile index; returns paths and the matching config."""
     from mobilegeo_ros.geo.synthetic import write_synthetic_geotiff
     from mobilegeo_ros.index.build import build_index
+    from mobilegeo_ros.model.weights import file_sha256, resolve_default_weights
 
     map_kw = dict(SMALL_MAP if map_kw is None else map_kw)
     overrides = json.loads(json.dumps(SMALL_CONFIG if overrides is None else overrides))
     cfg = config_mod.from_dict(overrides)
-    key = hashlib.sha256(json.dumps([map_kw, config_mod.to_dict(cfg), _source_digest()], sort_keys=True)
+    weights = file_sha256(resolve_default_weights(cfg.model.weights))  # the default model may change (models/)
+    key = hashlib.sha256(json.dumps([map_kw, config_mod.to_dict(cfg), _source_digest(), weights], sort_keys=True)
                          .encode()).hexdigest()[:16]
     root = Path(cache_root or tempfile.gettempdir()) / f"mobilegeo_ros_test_{key}"
     map_path, index_dir = root / "map.tif", root / "index"

@@ -3,8 +3,10 @@
 ``mobilegeo adapt --map ORTHO.tif --out RUN_DIR`` is :func:`adapt`: one :func:`mobilegeo_ros.train.loop.train` run
 with the preset ``student-csphd`` (HCD self-distillation weighted by PALW, CSDA view weights, triplet + InfoNCE),
 over locations covering the whole map (a mission map is known in advance, so all of it is training ground; the
-queries the node will see are live camera frames of another day, not these renders), started from the shipped
-student (or ImageNet) with a recipe sized for a laptop CPU. Every recipe value is a hypothesis and a config value
+queries the node will see are live camera frames of another day, not these renders), started from the
+weights configured in ``model.weights`` or, by default, from ImageNet (not from the shipped student: the
+measurements below start from ImageNet, and starting from the student is not measured yet), with a recipe sized
+for a laptop CPU. Every recipe value is a hypothesis and a config value
 (``train.*``), measured by ``benchmarks/adapt_dgsamples.py``:
 
 * ``freeze_stages: 2``: stages 1-2 (low-level filters) stay as initialised: they hold half the backward time at
@@ -71,11 +73,10 @@ def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, 
           progress: bool = True) -> Path:
     """Adapt the student to the orthophoto ``map_path``; returns the path of ``RUN_DIR/student.safetensors``.
 
-    ``cfg``: the core config (map reading, rendering, model input); its ``model.weights`` (or the shipped default)
-    is the starting point unless ``init_weights`` is given. ``minutes``: wall-time budget. ``overrides``: further
+    ``cfg``: the core config (map reading, rendering, model input); its ``model.weights`` (empty: ImageNet) is the
+    starting point unless ``init_weights`` is given. ``minutes``: wall-time budget. ``overrides``: further
     ``train.*`` values (e.g. ``{"max_steps": 20}`` in tests).
     """
-    from mobilegeo_ros.model.weights import default_student_weights
     from mobilegeo_ros.train.config import run_config_from_dict
     from mobilegeo_ros.train.loop import train
 
@@ -85,7 +86,7 @@ def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, 
     if not map_path.is_file():
         raise ConfigError(f"--map {str(map_path)!r} does not exist")
     cfg = cfg or Config()
-    start = init_weights or cfg.model.weights or default_student_weights() or ""
+    start = init_weights or cfg.model.weights or ""  # "" = ImageNet: the measured start (see the module docstring)
     recipe = {**ADAPT_RECIPE, "data_root": str(map_path), "init_weights": str(start), "max_time_s": 60.0 * minutes,
               "max_steps": max(1, int(math.ceil(minutes * STEPS_PER_MINUTE_CPU))), **(overrides or {})}
     core = {k: v for k, v in to_dict(cfg).items() if k != "node"}
