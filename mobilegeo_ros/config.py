@@ -58,8 +58,9 @@ class MapConfig:
 class ModelConfig:
     """The embedding network and its preprocessing."""
 
-    name: str = _f("mobilenetv2_gem", "embedding model: mobilenetv2_gem (ImageNet MobileNetV2 + GeM)")
-    weights: str = _f("", "weights file (safetensors or a torch state dict); empty = the shipped default")
+    name: str = _f("mobilenetv2_gem", "embedding model: mobilenetv2_gem (MobileNetV2 + GeM)")
+    weights: str = _f("", "weights file (safetensors or a torch state dict); empty = the shipped "
+                             "student models/student.safetensors (else the ImageNet MobileNetV2)")
     input_px: int = _f(224, "square input size fed to the network, pixels", min=32, max=1024)
     gem_p: float = _f(3.0, "GeM pooling exponent p (1 = average pooling, large = max pooling)", min=1.0, max=10.0)
     backend: str = _f("torch", "inference backend: torch | onnxruntime | tensorrt")
