@@ -184,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from mobilegeo_ros.demo import adapt_demo_weights, default_cache_dir, format_table, run_demo
-    from mobilegeo_ros.model.weights import resolve_default_weights, shipped_mobilenetv2_path
+    from mobilegeo_ros.model.weights import default_student_weights, resolve_default_weights, shipped_mobilenetv2_path
 
     cfg = _apply_backend(_config(args.config), args)
     out = Path(args.out) if args.out else default_cache_dir() / "demo"
@@ -202,7 +202,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         weights = adapt_demo_weights(cfg, default_cache_dir(), args.adapt_minutes, progress=not args.quiet)
         runs += ([("unadapted", cfg)] if args.compare else []) + [("adapted", with_weights(str(weights)))]
     else:
-        runs += [("default" if runs else "", cfg)]
+        shipped = default_student_weights()
+        name = "shipped-student" if shipped and resolve_default_weights(cfg.model.weights) == shipped else "configured"
+        runs += [(name if runs else "", cfg)]
     summaries = []
     for name, run_cfg in runs:
         path = run_demo(out / name if name else out, run_cfg, n_views=args.views, seed=args.seed,

