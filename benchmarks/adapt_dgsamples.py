@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             c = Config()
             c = dataclasses.replace(c, model=dataclasses.replace(c.model, weights=w),
                                     refine=dataclasses.replace(c.refine, enabled=refine))
-            s = json.loads(run_demo(out / f"demo-{re.sub(r'[^A-Za-z0-9.]+', '_', name)}-{refine}", c, n_views=args.views,
-                                    seed=args.seed, cache_dir=out / "cache", progress=False,
-                                    log=lambda *a: None).read_text())
+            slug = re.sub(r"[^A-Za-z0-9.]+", "_", name)
+            s = json.loads(run_demo(out / f"demo-{slug}-{refine}", c, n_views=args.views, seed=args.seed,
+                                    cache_dir=out / "cache", progress=False, log=lambda *a: None).read_text())
             print(f"| {name} | {'on' if refine else 'off'} | {s['recall@1']:.1f} | {s['recall@5']:.1f} | "
                   f"{s['recall@10']:.1f} | {100 * s['fix_rate']:.0f} % | {s['median_error_m']:.1f} m | "
                   f"{s['wrong_confident_fixes']} | {100 * s['within_2sigma_fraction']:.0f} % |", flush=True)

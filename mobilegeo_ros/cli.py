@@ -190,20 +190,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_cache_dir() / "demo"
     if args.adapt_minutes < 0:
         raise CliError(f"--adapt-minutes {args.adapt_minutes:g}: must be >= 0")
+
     def with_weights(weights: str):
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=weights))
 
     # --compare: the ImageNet weights first (when the configured model is something else, e.g. the shipped
     # student), then the configured model, then the adapted one; gains are printed against the first run.
-    imagenet = str(shipped_mobilenetv2_path())
-    compare_imagenet = args.compare and str(resolve_default_weights(cfg.model.weights)) != imagenet
-    runs = [("imagenet", with_weights(imagenet))] if compare_imagenet else []
+    imagenet, configured = shipped_mobilenetv2_path(), resolve_default_weights(cfg.model.weights)
+    runs = [("imagenet", with_weights(str(imagenet)))] if args.compare and configured != imagenet else []
     if args.adapt_minutes > 0:
         weights = adapt_demo_weights(cfg, default_cache_dir(), args.adapt_minutes, progress=not args.quiet)
         runs += ([("unadapted", cfg)] if args.compare else []) + [("adapted", with_weights(str(weights)))]
     else:
-        shipped = default_student_weights()
-        name = "shipped-student" if shipped and resolve_default_weights(cfg.model.weights) == shipped else "configured"
+        name = "shipped-student" if configured == default_student_weights() else "configured"
         runs += [(name if runs else "", cfg)]
     summaries = []
     for name, run_cfg in runs:

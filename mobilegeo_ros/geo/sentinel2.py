@@ -71,22 +71,17 @@ def write_sentinel2_training_map(out: str | Path, band_dir: str | Path | None = 
         with rasterio.open(path) as src:
             if shape is None:
                 crs, shape, transform = src.crs, (src.height, src.width), src.transform
-                if window is not None:
-                    c0, r0, w, h = window
-                    if c0 < 0 or r0 < 0 or w <= 0 or h <= 0 or c0 + w > src.width or r0 + h > src.height:
-                        raise GeoError(f"window {window} is not inside the {src.width}x{src.height} scene {path}")
+                c0, r0, w, h = window if window is not None else (0, 0, src.width, src.height)
+                if c0 < 0 or r0 < 0 or w <= 0 or h <= 0 or c0 + w > src.width or r0 + h > src.height:
+                    raise GeoError(f"window {window} is not inside the {src.width}x{src.height} scene {path}")
             elif (src.height, src.width) != shape or src.crs != crs:
                 raise GeoError(f"band {path} is {src.width}x{src.height} in {src.crs}, band {RGB_BANDS[0]} is "
                                f"{shape[1]}x{shape[0]} in {crs}")
             bands.append(src.read(1).astype(np.float32))
     x = np.stack(bands)
     lo, hi = np.percentile(x, [1.0, 99.5])  # over the whole scene, before the crop
-    if window is not None:
-        c0, r0, w, h = window
-        x = x[:, r0:r0 + h, c0:c0 + w]
-    x = np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0) ** (1.0 / gamma)
+    x = np.clip((x[:, r0:r0 + h, c0:c0 + w] - lo) / max(hi - lo, 1e-6), 0.0, 1.0) ** (1.0 / gamma)
     rgb = np.round(x * 255.0).astype(np.uint8)
-    c0, r0 = (window[0], window[1]) if window is not None else (0, 0)
     west, north = rasterio.transform.xy(transform, r0, c0, offset="ul")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

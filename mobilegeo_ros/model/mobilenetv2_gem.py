@@ -72,10 +72,9 @@ def load_weights_into(net: MobileNetV2GeMNet, state: dict[str, torch.Tensor], wh
     if gem_p is not None:
         if gem_p.numel() != 1:
             raise ModelError(f"{what}: 'gem.p' must hold one value, has shape {tuple(gem_p.shape)}")
-        new_p = float(gem_p.reshape(-1)[0])
-        if abs(new_p - float(net.gem.p.detach().reshape(-1)[0])) > 1e-6:
-            log.info("%s: GeM p = %.4f from the weights file overrides model.gem_p = %.4f", what, new_p,
-                        float(net.gem.p.detach().reshape(-1)[0]))
+        new_p, old_p = float(gem_p.reshape(-1)[0]), float(net.gem.p.detach().reshape(-1)[0])
+        if abs(new_p - old_p) > 1e-6:
+            log.info("%s: GeM p = %.4f from the weights file overrides model.gem_p = %.4f", what, new_p, old_p)
         with torch.no_grad():
             net.gem.p.fill_(new_p)
 

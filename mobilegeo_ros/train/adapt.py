@@ -26,7 +26,8 @@ for a laptop CPU. Every recipe value is a hypothesis and a config value
 * ``wise_alpha: 0.5``: the written student is the WiSE-FT midpoint of the init and the fine-tuned weights
   (:mod:`mobilegeo_ros.train.wise_ft`); the fine-tuned end stays in ``student_finetuned.safetensors``.
 
-Measured (``benchmarks/adapt_dgsamples.py --wise 0.5``, dgsamples: map WV2 June, views from WV3 October, retrieval
+Measured (``benchmarks/adapt_dgsamples.py --minutes 15 --views 300 --seed 1 --compare``, which prints the midpoint
+and the fine-tuned end; dgsamples: map WV2 June, views from WV3 October, retrieval
 only; 15-minute budget on 2 CPU cores, 390 steps in ~10 min), recall@1 and median retrieval error:
 
 ============================  =====================  =====================

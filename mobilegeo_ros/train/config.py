@@ -58,8 +58,8 @@ class TrainConfig:
                                "statistics; faster on a CPU, less forgetting of the init)", min=0, max=3)
     freeze_bn_stats: bool = _f(False, "student: keep every BatchNorm layer's running statistics as initialised "
                                       "(layers in eval mode while training; the affine weights still learn)")
-    wise_alpha: float = _f(1.0, "student: WiSE-FT (train/wise_ft.py): student.safetensors becomes (1 - a) * init + a * "
-                                "fine-tuned (init = init_weights or ImageNet); the fine-tuned end is kept as "
+    wise_alpha: float = _f(1.0, "student: WiSE-FT (train/wise_ft.py): student.safetensors becomes (1 - a) * init + "
+                                "a * fine-tuned (init = init_weights or ImageNet); the fine-tuned end is kept as "
                                 "student_finetuned.safetensors; 1 = off", min=0.0, max=1.0)
     max_time_s: float = _f(0.0, "stop training after this many seconds of wall time (0 = no limit); the schedule "
                                 "still spans the planned steps", min=0.0)

@@ -407,14 +407,12 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if isinstance(trainer.net, StudentNet):
             student = run_dir / "student.safetensors"
             if t.wise_alpha < 1.0:
-                from mobilegeo_ros.model.mobilenetv2_gem import load_weights_into
                 from mobilegeo_ros.train.wise_ft import interpolate_weights
 
                 finetuned = save_safetensors(trainer.net.embedding_state_dict(),
                                              run_dir / "student_finetuned.safetensors")
                 interpolate_weights(t.init_weights or None, finetuned, t.wise_alpha, student)
-                # eval.json measures the weights that ship
-                load_weights_into(trainer.net, load_state_dict_file(student), f"WiSE-FT student {str(student)!r}")
+                trainer.net.load_embedding_weights(student)  # eval.json measures the weights that ship
             else:
                 save_safetensors(trainer.net.embedding_state_dict(), student)
         if t.data_format == "ortho" and t.eval_views > 0:
