@@ -10,7 +10,7 @@ fuses the same embeddings:
 * ``mean-all``: all N views averaged (no selection);
 * ``cos-prune k``: the former ``select_views`` (greedy cosine pruning, ``max_views`` = k, similarity 0.995), mean;
 * ``MI k``: :func:`mobilegeo_ros.msrm.select_views` (MI selection), mean of the kept views;
-* ``MI k +w``: MI selection, information-weighted :func:`mobilegeo_ros.msrm.fuse`;
+* ``MI k +w``: MI selection, information-weighted :func:`msrm_variants.fuse` (test/msrm_variants.py);
 * ``mean-all +w``: all N views, information-weighted;
 * ``MI N @s``: MI selection with the lower threshold ``--extra-similarity`` s (more pruning), with and without +w.
 
@@ -34,29 +34,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))  # test helpers: msrm_variants
 
 from mobilegeo_ros.geo.raster import read_orthophoto  # noqa: E402
 from mobilegeo_ros.geo.render import photometric  # noqa: E402
 from mobilegeo_ros.localizer import Localizer  # noqa: E402
-from mobilegeo_ros.msrm import fuse, select_views  # noqa: E402
+from mobilegeo_ros.msrm import select_views  # noqa: E402
 from mobilegeo_ros.ros.testing import render_views, synthetic_setup  # noqa: E402
-
-
-def cosine_pruning(emb: np.ndarray, max_views: int, max_similarity: float = 0.995) -> np.ndarray:
-    """The former ``msrm.select_views`` (greedy farthest-point pruning in cosine similarity), for comparison."""
-    n = len(emb)
-    sim = emb @ emb.T
-    kept = [n - 1]
-    closest = sim[n - 1].copy()
-    closest[n - 1] = np.inf
-    while len(kept) < min(max_views, n):
-        j = n - 1 - int(np.argmin(closest[::-1]))
-        if closest[j] > max_similarity:
-            break
-        kept.append(j)
-        closest = np.maximum(closest, sim[j])
-        closest[kept] = np.inf
-    return np.array(sorted(kept), dtype=np.int64)
+from msrm_variants import cosine_pruning, fuse  # noqa: E402
 
 
 def track_fractions(rng: np.random.Generator, end_frac: tuple[float, float], frames: int, step_m: float,

@@ -48,13 +48,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobilegeo_ros.config import ModelConfig  # noqa: E402
-from mobilegeo_ros.eval.retrieval import retrieval_metrics  # noqa: E402
+from mobilegeo_ros.eval.retrieval_metrics import retrieval_metrics  # noqa: E402
 from mobilegeo_ros.geo.raster import read_orthophoto  # noqa: E402
 from mobilegeo_ros.geo.synthetic import write_synthetic_geotiff  # noqa: E402
 from mobilegeo_ros.model.flops import torch_flops, torch_params  # noqa: E402
 from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM  # noqa: E402
 from mobilegeo_ros.model.weights import shipped_mobilenetv2_path  # noqa: E402
-from mobilegeo_ros.train.config import load_run_config  # noqa: E402
+from mobilegeo_ros.train.run_config import load_run_config  # noqa: E402
 from mobilegeo_ros.train.datasets import SyntheticOrtho  # noqa: E402
 from mobilegeo_ros.train.loop import build_network, evaluate_ortho, ortho_data_config, train  # noqa: E402
 

@@ -110,7 +110,7 @@ def bench_baselines(args: argparse.Namespace, tmp: Path) -> list[dict]:
             hits, errors, times = [], [], []
             for img, pose, (ce, cn) in zip(views, poses, centres):
                 t = time.perf_counter()
-                reg = register_window(img, ortho, pose.easting, pose.northing, BASELINE_WINDOW_M, features=feats)
+                reg = register_window(img, ortho, pose.easting, pose.northing, BASELINE_WINDOW_M, matcher=feats)
                 times.append(time.perf_counter() - t)
                 ok = reg.ok and abs(reg.center_e - ce) <= tol and abs(reg.center_n - cn) <= tol
                 hits.append(bool(ok))

@@ -133,7 +133,7 @@ def main() -> int:
         add("a", math.hypot(fix.easting - pose.easting, fix.northing - pose.northing), fix.sigma_m,
             fix.status == "fix", fix.latency_s)
         for key, feats in (("b", "sift"), ("c", "orb")):
-            reg = register_window(img, map_ortho, pose.easting, pose.northing, BASELINE_WINDOW_M, features=feats)
+            reg = register_window(img, map_ortho, pose.easting, pose.northing, BASELINE_WINDOW_M, matcher=feats)
             e, n = drone_position(reg, pose) if math.isfinite(reg.center_e) else (math.nan, math.nan)
             add(key, math.hypot(e - pose.easting, n - pose.northing), reg.sigma_m, reg.ok, reg.time_s)
         fix = loc_ref.localize([img], priors)
@@ -148,7 +148,7 @@ def main() -> int:
         "a": "(a) retrieval only",
         "b": f"(b) SIFT + RANSAC, {BASELINE_WINDOW_M:.0f} m window at the true position",
         "c": f"(c) ORB + RANSAC, {BASELINE_WINDOW_M:.0f} m window at the true position",
-        "d": f"(d) retrieval + refinement ({base.refine.features}, top {base.refine.top_k}), priors",
+        "d": f"(d) retrieval + refinement ({base.refine.matcher}, top {base.refine.top_k}), priors",
         "e": "(e) retrieval + refinement, no priors (error to the image-centre ground point)",
     }
     results = [row(names[k], d["e"], d["s"], d["f"], d["t"], d["r"] if k in "de" else None)

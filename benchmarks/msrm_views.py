@@ -8,13 +8,13 @@ location is built from its first k views of the orbit (consecutive yaws, as a dr
 * ``single``: every view alone (k queries per location; the standard single-query D→S number);
 * ``mean``: all k views embedded, plain mean (the multi-query baseline of papers.md §3);
 * ``MI-emb m``: all k views embedded, :func:`mobilegeo_ros.msrm.select_views` keeps m on the embeddings (what
-  the node does with its window), information-weighted :func:`mobilegeo_ros.msrm.fuse`;
+  the node does with its window), information-weighted :func:`msrm_variants.fuse` (test/msrm_variants.py);
 * ``MI-thumb m``: m views selected *before* the encoder by MI of 16×16 thumbnails
   (:func:`mobilegeo_ros.msrm.thumbnail_descriptors`), only those m embedded, information-weighted fusion;
 * ``first m``: the m first views (no selection), mean: the control for MI-thumb at equal encoder calls.
 
 m = ``--keep`` (default 3) capped at k. Reported: R@1 and AP (official University-1652 computation,
-:func:`mobilegeo_ros.eval.retrieval.retrieval_metrics`; one query per location), encoder calls per location and
+:func:`mobilegeo_ros.eval.retrieval_metrics.retrieval_metrics`; one query per location), encoder calls per location and
 the share of them saved against ``mean``.
 
     .venv/bin/python benchmarks/msrm_views.py                      # synthetic map (licence-clean), ~3 min
@@ -34,13 +34,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))  # test helpers: msrm_variants
 
 from mobilegeo_ros.config import Config  # noqa: E402
-from mobilegeo_ros.eval.retrieval import retrieval_metrics  # noqa: E402
+from mobilegeo_ros.eval.retrieval_metrics import retrieval_metrics  # noqa: E402
 from mobilegeo_ros.geo.raster import read_orthophoto  # noqa: E402
 from mobilegeo_ros.model import load_model  # noqa: E402
-from mobilegeo_ros.msrm import fuse, select_views, thumbnail_descriptors  # noqa: E402
+from mobilegeo_ros.msrm import select_views, thumbnail_descriptors  # noqa: E402
 from mobilegeo_ros.train.datasets import OrthoDataConfig, SyntheticOrtho  # noqa: E402
+from msrm_variants import fuse  # noqa: E402
 
 
 def build_dataset(args: argparse.Namespace, cfg: Config) -> SyntheticOrtho:

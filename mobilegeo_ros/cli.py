@@ -25,7 +25,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from mobilegeo_ros.config import Config, ConfigError, load_config
@@ -73,17 +72,10 @@ def _backend_given(args: argparse.Namespace) -> bool:
 
 
 def _index_build_config(index_dir: Path) -> Config:
-    """The config an index was built with (``index.json`` → map → build_config), as `localize` uses by default."""
-    from mobilegeo_ros.config import from_dict
-    from mobilegeo_ros.index.tile_index import META_FILE, IndexFileError
+    """The config an index was built with, as `localize` uses by default."""
+    from mobilegeo_ros.index.facts import IndexFacts
 
-    meta_path = Path(index_dir) / META_FILE
-    try:
-        stored = json.loads(meta_path.read_text())["map"]["build_config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise IndexFileError(f"index {str(index_dir)!r}: {META_FILE} is missing or does not record the config it "
-                             "was built with; pass one (--config)") from None
-    return from_dict(stored)
+    return IndexFacts.read(index_dir).build_config()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -112,23 +104,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: Path):
-    """An image file → H×W×3 uint8 RGB; JPEG/PNG are validated (truncation, header size) before decoding."""
-    import cv2
+    """An image file → H×W×3 uint8 RGB, or CliError naming the file."""
+    from mobilegeo_ros.io.images import ImageDecodeError, read_image_file
 
-    from mobilegeo_ros.io.images import ImageDecodeError, decode_compressed
-
-    if not path.is_file():
-        raise CliError(f"image {str(path)!r} does not exist")
-    data = path.read_bytes()
-    if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
-        try:
-            return decode_compressed(path.suffix, data)
-        except ImageDecodeError as e:
-            raise CliError(f"image {str(path)!r}: {e}") from None
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # other formats OpenCV knows (TIFF, BMP, ...)
-    if img is None or img.size == 0:
-        raise CliError(f"image {str(path)!r} is not a readable image (corrupt or unsupported format)")
-    return np.ascontiguousarray(img[:, :, ::-1])
+    try:
+        return read_image_file(path)
+    except ImageDecodeError as e:
+        raise CliError(str(e)) from None
 
 
 #: Physically possible ranges of the localize priors: (low, high, closed?); a value outside is a typing mistake,
@@ -321,7 +303,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from mobilegeo_ros.train.config import load_run_config
+    from mobilegeo_ros.train.run_config import load_run_config
     from mobilegeo_ros.train.loop import train
 
     overrides = dict(_node_param(p) for p in args.set)
@@ -356,58 +338,20 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mobilegeo_ros.eval.retrieval import retrieval_metrics
-    from mobilegeo_ros.model import load_model
-    from mobilegeo_ros.train import datasets as D
-    from mobilegeo_ros.train.config import load_run_config
+    from mobilegeo_ros.eval.evaluate import evaluate_retrieval
 
-    run = load_run_config(args.config or "student-plain", {"data_root": args.data, "data_format": args.format})
-    model_cfg = run.core.model
-    if args.model:
-        model_cfg.weights = args.model
-    model = load_model(model_cfg)
-    if args.format == "ortho":
-        from mobilegeo_ros.geo.raster import read_orthophoto
-        from mobilegeo_ros.train.loop import ortho_data_config
-
-        t = run.train
-        drone = read_orthophoto(args.drone_map, run.core.map) if args.drone_map else None
-        data = D.SyntheticOrtho(read_orthophoto(args.data, run.core.map), args.split, ortho_data_config(run),
-                                run.core.render, seed=t.seed, drone_ortho=drone)
-        tasks = {task: data.retrieval_task(task, args.views) for task in D.TASKS}
-    elif args.format == "university1652":
-        tasks = {task: D.university1652_task(args.data, task) for task in D.TASKS}
-    else:
-        tasks = {task: D.sues200_task(args.data, args.altitude, task) for task in D.TASKS}
-    result: dict = {"model": model.identity(), "data": args.data, "format": args.format}
-    for task, (query, gallery) in tasks.items():
-        qf = model.embed([query.image(i) for i in range(len(query))])
-        gf = model.embed([gallery.image(i) for i in range(len(gallery))])
-        result[task] = retrieval_metrics(qf, query.labels, gf, gallery.labels)
-        m = result[task]
-        print(f"{task}: R@1 {m['recall@1']:.2f}  R@5 {m['recall@5']:.2f}  R@10 {m['recall@10']:.2f}  "
-              f"R@top1% {m['recall@top1%']:.2f}  AP {m['AP']:.2f}  ({m['queries']} queries, {m['gallery']} gallery)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "metrics.json")
+    evaluate_retrieval(args.data, args.format, Path(args.out), config=args.config, weights=args.model,
+                       altitude=args.altitude, split=args.split, views=args.views, drone_map=args.drone_map)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mobilegeo",
-        description="Camera-only GNSS substitute for drones: build a satellite tile index from a GeoTIFF, render "
-                    "synthetic drone views, localize camera images against the index.",
-        epilog="Run 'mobilegeo VERB --help' for a verb's options. Config files: see config/localize.yaml.",
-    )
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+def _add_common_options(p: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--quiet``, shared by the verbs that read the core config."""
+    p.add_argument("--config", metavar="YAML", help="config file (map/model/index/estimator/render sections)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", metavar="YAML", help="config file (map/model/index/estimator/render sections)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+def _add_build_index_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-index", help="cut a tile pyramid from a GeoTIFF and index its embeddings",
                        description="Cut a tile pyramid (config map.tile_sizes_m, map.overlap) from a georeferenced "
                                    "GeoTIFF orthophoto, embed every tile (and its rotated copies, index.heading) and "
@@ -417,9 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="output index directory (written atomically)")
     p.add_argument("--kind", choices=["flat", "ivf", "hnsw"], help="override index.kind")
     _add_backend_option(p)
-    common(p)
+    _add_common_options(p)
     p.set_defaults(func=cmd_build_index)
 
+
+def _add_render_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="render synthetic drone views from an orthophoto",
                        description="Render N synthetic drone-camera images (pinhole camera, random position, "
                                    "altitude, yaw, tilt, lighting) from an orthophoto, plus poses.csv with the true "
@@ -431,9 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--altitude-m", type=float, help="fixed altitude above ground (default: render.altitude_m range)")
     p.add_argument("--max-yaw-deg", type=float, help="yaw drawn in [-D, D] (default: render.max_yaw_deg)")
     p.add_argument("--max-tilt-deg", type=float, help="pitch and roll drawn in [-T, T] (default: render.max_tilt_deg)")
-    common(p)
+    _add_common_options(p)
     p.set_defaults(func=cmd_render)
 
+
+def _add_localize_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("localize", help="localize camera images against an index",
                        description="Localize each image against the index; prints one line (or one JSON object "
                                    "with --json: image, lat, lon, sigma_m, score, status, heading_deg, ...) per "
@@ -448,9 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "scale; with attitude corrects the tilt offset)")
     p.add_argument("--hfov-deg", type=float, help="camera horizontal field of view")
     _add_backend_option(p)
-    common(p)
+    _add_common_options(p)
     p.set_defaults(func=cmd_localize)
 
+
+def _add_demo_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the README demo on real imagery (dgsamples)",
                        description="Build an index from the dgsamples WorldView-2 orthophoto (Longmont CO), render "
                                    "drone views from the WorldView-3 image of another date, localize them and print "
@@ -467,9 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "--adapt-minutes, the unadapted model on the same views, "
                                                           "and print the gains")
     _add_backend_option(p)
-    common(p)
+    _add_common_options(p)
     p.set_defaults(func=cmd_demo)
 
+
+def _add_make_bag_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-bag", help="write a rosbag2 of a synthetic flight over an orthophoto",
                        description="Render a synthetic drone flight (smooth loop, constant speed, heading along the "
                                    "track, small tilt; camera from the config's render section) over an orthophoto "
@@ -487,9 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-m-s", type=float, default=8.0, help="ground speed, m/s (default 8)")
     p.add_argument("--altitude-m", type=float, help="constant altitude above ground (default: slowly varying over "
                                                     "render.altitude_m)")
-    common(p)
+    _add_common_options(p)
     p.set_defaults(func=cmd_make_bag)
 
+
+def _add_replay_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay a rosbag2 into localize_node and report the errors",
                        description="Start localize_node (separate process), play the bag's camera (and imu, "
                                    "altitude, camera_info) messages with their timing scaled by --rate plus /clock, "
@@ -511,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_replay)
 
+
+def _add_export_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the embedding model to ONNX or a TensorRT engine",
                        description="Export the embedding model (weights --model, default the shipped student, "
                                    "else the ImageNet weights) to ONNX (input 'images' B×3×S×S float32 with a dynamic batch axis, "
@@ -530,9 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=256, help="int8: calibration images (default 256)")
     p.add_argument("--max-batch", type=int, default=32, help="TensorRT: largest batch of the profile (default 32)")
     p.add_argument("--workspace-mib", type=int, default=1024, help="TensorRT builder workspace, MiB (default 1024)")
-    common(p)
+    _add_common_options(p)
     p.set_defaults(func=cmd_export)
 
+
+def _add_bench_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark the inference backends (table + JSON)",
                        description="Time the student embedding (model section of --config) and the teacher "
                                    "baseline on every available backend (torch, onnxruntime, CUDA variants, "
@@ -543,12 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=3.0, help="time per measurement (default 3)")
     p.add_argument("--models", default="student,teacher", help="student,teacher (default both)")
     p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
-    common(p)
+    _add_common_options(p)
     p.set_defaults(func=cmd_bench)
 
+
+def _add_train_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the student or the teacher (presets or a YAML file)",
                        description="Train per a preset (teacher, student-plain, student-hdcvgl, student-csphd) or a "
-                                   "YAML file (core sections + a train: section, see mobilegeo_ros/train/config.py). "
+                                   "YAML file (core sections + a train: section, see "
+                                   "mobilegeo_ros/train/run_config.py). "
                                    "Writes RUN_DIR/config.yaml, metrics.jsonl, checkpoints (safetensors), "
                                    "model.safetensors, student.safetensors (model.weights for the node) and eval.json. "
                                    "Multi-GPU: torchrun --nproc_per_node N -m mobilegeo_ros.cli train ...")
@@ -561,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+
+def _add_adapt_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="mission-area adaptation: fine-tune the student on your orthophoto (CPU)",
                        description="Distil the student on synthetic drone views rendered from your own orthophoto "
                                    "(preset student-csphd, stages 1-2 frozen, lr 1e-4, written as the WiSE-FT midpoint "
@@ -581,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_adapt)
 
+
+def _add_interpolate_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interpolate", help="WiSE-FT: blend fine-tuned student weights with their init",
                        description="Write (1 - ALPHA) * INIT + ALPHA * FINETUNED, tensor by tensor, as a "
                                    "mobilenetv2_gem .safetensors (mobilegeo_ros/train/wise_ft.py). Intermediate "
@@ -593,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="OUT.safetensors")
     p.set_defaults(func=cmd_interpolate)
 
+
+def _add_eval_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="cross-view retrieval metrics (University-1652 protocol)",
                        description="Embed query and gallery images with a model and write DIR/metrics.json with "
                                    "Recall@1/5/10, Recall@top1% and AP for drone2sat and sat2drone, computed as the "
@@ -609,6 +576,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drone-map", metavar="TIF", help="ortho: second image of the area for the drone views "
                                                       "(domain-shift evaluation)")
     p.set_defaults(func=cmd_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobilegeo",
+        description="Camera-only GNSS substitute for drones: build a satellite tile index from a GeoTIFF, render "
+                    "synthetic drone views, localize camera images against the index.",
+        epilog="Run 'mobilegeo VERB --help' for a verb's options. Config files: see config/localize.yaml.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _add_build_index_verb(sub)
+    _add_render_verb(sub)
+    _add_localize_verb(sub)
+    _add_demo_verb(sub)
+    _add_make_bag_verb(sub)
+    _add_replay_verb(sub)
+    _add_export_verb(sub)
+    _add_bench_verb(sub)
+    _add_train_verb(sub)
+    _add_adapt_verb(sub)
+    _add_interpolate_verb(sub)
+    _add_eval_verb(sub)
     return parser
 
 

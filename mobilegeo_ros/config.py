@@ -111,7 +111,13 @@ class RefineConfig:
 
     enabled: bool = _f(True, "register the newest view against the map around the top retrieved tiles (metre-level "
                              "fix, heading, verification); false = retrieval only (fastest)")
-    features: str = _f("sift", "local features: sift | orb | akaze")
+    matcher: str = _f("sift", "local features and their matching: sift | orb | akaze (OpenCV, ratio test) | xfeat "
+                              "(learned XFeat, mutual nearest neighbour) | xfeat_lighterglue (XFeat + LighterGlue); "
+                              "xfeat* are not rotation invariant: the view is turned north-up by a heading "
+                              "hypothesis first (docs/matchers.md)")
+    heading_hypotheses: int = _f(1, "matchers that are not rotation invariant, without a yaw prior: 1 = each "
+                                    "candidate's gallery rotation as the heading; 3 = also that rotation plus and "
+                                    "minus one gallery step (3 query detections)", min=1, max=3)
     top_k: int = _f(5, "retrieved tiles (best first) whose map windows are registered", min=1, max=100)
     max_features: int = _f(3000, "keypoints kept in the view (strongest first)", min=16, max=100000)
     block_px: int = _f(256, "map keypoints are detected once per square block of this side (cached), pixels",
@@ -126,7 +132,8 @@ class RefineConfig:
     ransac_threshold_px: float = _f(3.0, "inlier threshold at the matching resolution, pixels", min=0.1,
                                     max=100.0)
     ransac_iterations: int = _f(2000, "maximum robust-estimator iterations", min=10, max=1000000)
-    min_inliers: int = _f(15, "verification: fewest homography inliers", min=4)
+    min_inliers: int = _f(0, "verification: fewest homography inliers; 0 = the measured default of the matcher "
+                             "(sift 15, xfeat 40, xfeat_lighterglue 20; docs/matchers.md)", min=0)
     min_inlier_ratio: float = _f(0.1, "verification: fewest inliers per ratio-test match", min=0.0, max=1.0)
     min_inlier_spread: float = _f(0.05, "verification: convex hull of the inliers covers at least this fraction of "
                                         "the image", min=0.0, max=1.0)
@@ -151,8 +158,6 @@ class RefineConfig:
                                  "building parallax and date changes)", min=0.1, max=100.0)
     attitude_sigma_deg: float = _f(1.0, "1-sigma of the pitch/roll prior: adds altitude*tan(this) to the sigma of "
                                         "the drone position under a tilted camera, degrees", min=0.0, max=45.0)
-    every_n_frames: int = _f(1, "node: refine every n-th frame (the others get retrieval only); 0 = never",
-                             min=0, max=1000)
     max_time_s: float = _f(0.0, "time budget per query: no further candidate is registered once this is spent, "
                                 "seconds; 0 = none", min=0.0)
     map_path: str = _f("", "orthophoto used for registration; empty = the map recorded in the index (index.json), "
@@ -178,6 +183,43 @@ class RenderConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """The camera-rate tracker (mobilegeo_ros/tracker.py): keyframes registered on the map, frames in between
+    tracked frame to frame (sparse optical flow, homography chained onto the map)."""
+
+    enabled: bool = _f(True, "track frame to frame between keyframes (a fix for every frame at camera rate); false "
+                             "= every frame is localized on its own (retrieval + registration)")
+    keyframe_every_s: float = _f(0.5, "register a keyframe at least this often while tracking (image stamps), "
+                                      "seconds", min=0.0)
+    keyframe_policy: str = _f("schedule", "which frames become keyframes: schedule (every keyframe_every_s) | msrm "
+                                          "(a due frame is registered only when it adds information: its thumbnail's "
+                                          "mutual information with the last keyframe's is below keyframe_max_mi)")
+    keyframe_max_mi: float = _f(0.8, "msrm policy: a due frame sharing more than this mutual information (nats, "
+                                     "Gaussian model of thumbnail correlation) with the last keyframe is redundant "
+                                     "and skipped", min=0.0)
+    keyframe_sigma_m: float = _f(5.0, "register a keyframe as soon as the tracked 1-sigma exceeds this, metres",
+                                 min=0.0)
+    keyframe_min_overlap: float = _f(0.6, "register a keyframe when less than this share of the keyframe's image is "
+                                          "still in view", min=0.0, max=1.0)
+    max_track_sigma_m: float = _f(20.0, "a tracked position whose 1-sigma exceeds this is no fix (track lost), "
+                                        "metres", min=0.0)
+    max_track_s: float = _f(10.0, "a track not confirmed by a verified keyframe for this long is dropped, seconds",
+                            min=0.0)
+    drift_fraction: float = _f(0.03, "tracked 1-sigma grows by this share of the distance tracked since the "
+                                     "keyframe (chained homographies drift in scale and heading)", min=0.0, max=1.0)
+    drift_per_frame_m: float = _f(0.05, "and by this much per tracked frame (flow noise), metres", min=0.0)
+    track_width_px: int = _f(320, "frames are tracked at this width (downscaled), pixels", min=64, max=4096)
+    track_features: int = _f(300, "corners tracked between consecutive frames", min=16, max=5000)
+    min_track_inliers: int = _f(25, "fewer homography inliers between consecutive frames lose the track", min=8)
+    gate_probability: float = _f(0.999, "a keyframe farther from the track than this chi-square (2 dof) gate is a "
+                                        "relocalization event (retrieval around the track, then everywhere)",
+                                 min=0.5, max=0.999999)
+    gate_floor_m: float = _f(10.0, "keyframes within this distance of the track always agree, metres", min=0.0)
+    max_tilt_deg: float = _f(20.0, "without camera intrinsics the pose cannot be solved: the sigma covers a tilt "
+                                   "up to this (altitude * tan), degrees", min=0.0, max=60.0)
+
+
+@dataclass
 class NodeConfig:
     """ROS 2 node settings (topics, window, timeouts, flight-stack bridges). Used only by mobilegeo_ros/ros/."""
 
@@ -197,6 +239,9 @@ class NodeConfig:
                         max=1000)
     max_image_pixels: int = _f(8192 * 8192, "larger images are rejected before decoding, pixels", min=1)
     map_frame: str = _f("map", "frame_id of ~/pose and ~/velocity (local ENU anchored at the index origin, REP-105)")
+    keyframes_in_background: bool = _f(True, "register keyframes in a worker thread while every frame is tracked "
+                                             "(camera rate); false = inline: a frame waits for its registration "
+                                             "(what mobilegeo localize and the demo do)")
     heading_feedback_s: float = _f(1.0, "without an IMU heading, the heading registered on a frame at most this "
                                         "much older is the next frames' yaw prior (narrows the search), seconds; 0 = "
                                         "off", min=0.0)
@@ -245,6 +290,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
 
@@ -255,9 +301,10 @@ class Config:
             "model.name": (self.model.name, ("mobilenetv2_gem",)),
             "index.kind": (self.index.kind, ("flat", "ivf", "hnsw")),
             "index.heading": (self.index.heading, ("gallery_rotations", "query_rotations", "none")),
-            "refine.features": (self.refine.features, ("sift", "orb", "akaze")),
+            "refine.matcher": (self.refine.matcher, ("sift", "orb", "akaze", "xfeat", "xfeat_lighterglue")),
             "refine.ransac": (self.refine.ransac, ("magsac", "ransac")),
             "refine.fallback": (self.refine.fallback, ("retrieval", "no_fix")),
+            "tracker.keyframe_policy": (self.tracker.keyframe_policy, ("schedule", "msrm")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -436,5 +483,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 __all__ = [
     "Config", "ConfigError", "EstimatorConfig", "IndexConfig", "MapConfig", "ModelConfig", "NodeConfig", "RefineConfig",
-    "RenderConfig", "describe", "flatten", "from_dict", "from_flat", "load_config", "to_dict",
+    "RenderConfig", "TrackerConfig", "describe", "flatten", "from_dict", "from_flat", "load_config", "to_dict",
 ]

@@ -32,6 +32,7 @@ from mobilegeo_ros.geo import dgsamples
 from mobilegeo_ros.geo.render import CameraModel, image_to_ground, photometric, random_poses, render_view
 from mobilegeo_ros.index.build import build_index
 from mobilegeo_ros.localizer import Localizer, Priors
+from mobilegeo_ros.tracker import Tracker
 from mobilegeo_ros.model import load_model
 from mobilegeo_ros.model.weights import describe_weights
 
@@ -97,6 +98,7 @@ def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache
     index_dir = build_demo_index(cfg, cache_dir, progress)
     t_index = time.perf_counter() - t0
     localizer = Localizer.from_files(index_dir, cfg)
+    tracker = Tracker(localizer, cfg)  # the node's path; each random view is a new flight (no track to follow)
     index = localizer.index
     log(f"      {index_dir}  ({index.ntotal} vectors, built/loaded in {t_index:.1f} s)")
 
@@ -113,26 +115,29 @@ def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache
         image = photometric(render_view(drone_map, pose, camera), rng, cfg.render)
         priors = Priors(pitch_deg=pose.pitch_deg, roll_deg=pose.roll_deg, altitude_m=pose.altitude_m,
                         hfov_deg=camera.hfov_deg)
-        fix = localizer.localize([image], priors)
+        tracker.reset()
+        res = tracker.process(image, 0.0, priors)
+        fix = res.fix
         ce, cn = image_to_ground(pose, camera, camera.width_px / 2.0, camera.height_px / 2.0)
-        ranked = np.asarray(fix.retrieval.ranked_rows if fix.retrieval else [], np.int64)
+        ranked = np.asarray(fix.retrieval.ranked_rows if fix is not None and fix.retrieval else [], np.int64)
         hits.append(tile_contains(cols["center_e"][ranked], cols["center_n"][ranked], cols["size_m"][ranked],
                                   float(ce), float(cn)))
-        err = math.hypot(fix.easting - pose.easting, fix.northing - pose.northing)
+        err = math.hypot(res.easting - pose.easting, res.northing - pose.northing)
         errors.append(err)
-        sigmas.append(fix.sigma_m)
-        is_fix.append(fix.status == "fix")
-        latencies.append(fix.latency_s)
-        refined.append(fix.refined)
-        if fix.heading_deg is not None:
-            heading_err.append(abs((fix.heading_deg - pose.yaw_deg + 180.0) % 360.0 - 180.0))
+        sigmas.append(res.sigma_m)
+        is_fix.append(res.status.is_fix)
+        latencies.append(res.latency_s)
+        refined.append(res.status.value == "verified")
+        if res.heading_deg is not None:
+            heading_err.append(abs((res.heading_deg - pose.yaw_deg + 180.0) % 360.0 - 180.0))
         rows_out.append({
             "view": i, "true_e": pose.easting, "true_n": pose.northing, "true_lat": None, "true_lon": None,
             "altitude_m": pose.altitude_m, "yaw_deg": pose.yaw_deg, "pitch_deg": pose.pitch_deg,
-            "roll_deg": pose.roll_deg, "status": fix.status, "est_e": fix.easting, "est_n": fix.northing,
-            "lat": fix.lat, "lon": fix.lon, "error_m": err, "sigma_m": fix.sigma_m, "score": fix.score,
-            "heading_deg": fix.heading_deg, "latency_ms": 1e3 * fix.latency_s, "refined": fix.refined,
-            "inliers": fix.inliers, "reason": fix.reason,
+            "roll_deg": pose.roll_deg, "status": res.status.value, "est_e": res.easting, "est_n": res.northing,
+            "lat": res.lat, "lon": res.lon, "error_m": err, "sigma_m": res.sigma_m, "score": res.score,
+            "heading_deg": res.heading_deg, "latency_ms": 1e3 * res.latency_s, "refined": res.status.value ==
+            "verified", "inliers": res.inliers, "est_altitude_m": res.altitude_m, "est_pitch_deg": res.pitch_deg,
+            "est_roll_deg": res.roll_deg, "reason": res.reason,
         })
     for r in rows_out:
         r["true_lat"], r["true_lon"] = drone_map.map_to_wgs84(r["true_e"], r["true_n"])
@@ -179,7 +184,7 @@ def plot_track(path: Path, localizer: Localizer, rows: list[dict], summary: dict
     step = max(1, background.rgb.shape[0] // 1000)
     ax.imshow(background.rgb[::step, ::step], extent=(left, right, bottom, top), alpha=0.8)
     for r in rows:
-        ok = r["status"] == "fix"
+        ok = r["status"] != "no_fix"
         ax.plot(r["true_e"], r["true_n"], "o", color="lime", ms=5)
         if math.isfinite(r["est_e"]):
             ax.plot([r["true_e"], r["est_e"]], [r["true_n"], r["est_n"]], "-", color="yellow" if ok else "grey", lw=1)

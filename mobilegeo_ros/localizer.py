@@ -39,8 +39,10 @@ import numpy as np
 from pyproj import CRS, Transformer
 
 from mobilegeo_ros.config import Config, MapConfig, from_dict
-from mobilegeo_ros.estimator.refine import Choice, Refiner, choose, expected_gsd
+from mobilegeo_ros.estimator.pose import CameraPoseEstimate, intrinsics, solve_camera_pose
+from mobilegeo_ros.estimator.refine import Choice, Refiner, Registration, choose, expected_gsd
 from mobilegeo_ros.estimator.retrieval import RetrievalEstimate, estimate
+from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decide_status
 from mobilegeo_ros.geo.raster import GeoError, read_orthophoto
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground
 from mobilegeo_ros.index.tile_index import (
@@ -85,9 +87,11 @@ _PRIOR_RANGES = {"hfov_deg": (0.0, 180.0), "altitude_m": (0.0, math.inf), "radiu
 
 @dataclass
 class Fix:
-    """One localization result. Positions in the index's map CRS (metres) and WGS84 (degrees)."""
+    """One frame's localization on its own (no track). Positions in the index's map CRS (metres) and WGS84
+    (degrees): the drone's nadir point when the priors or the solved camera pose place it, else the ground point
+    under the image centre (then the sigma covers the unknown tilt)."""
 
-    status: str  # "fix" | "no_fix"
+    status: FixStatus
     lat: float
     lon: float
     easting: float
@@ -103,16 +107,31 @@ class Fix:
     refined: bool = False  # position and heading from the geometric registration (else retrieval only)
     inliers: int = 0  # homography inliers of the chosen registration
     registered_heading_deg: float | None = None  # heading measured by the registration (None when not refined)
+    altitude_m: float = math.nan  # above ground: solved camera pose, else the prior, else NaN
+    pose: CameraPoseEstimate | None = None  # full camera pose solved on the map (registration + intrinsics)
+    registration: Registration | None = field(default=None, repr=False)  # the verified registration (homography)
     retrieval: RetrievalEstimate | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
         """JSON-friendly summary."""
-        return {
-            "status": self.status, "lat": self.lat, "lon": self.lon, "easting": self.easting,
+        out = {
+            "status": self.status.value, "lat": self.lat, "lon": self.lon, "easting": self.easting,
             "northing": self.northing, "sigma_m": self.sigma_m, "score": self.score, "heading_deg": self.heading_deg,
             "tile_id": self.tile_id, "views_used": self.views_used, "latency_ms": 1e3 * self.latency_s,
             "refined": self.refined, "inliers": self.inliers, "reason": self.reason,
+            "altitude_m": self.altitude_m if math.isfinite(self.altitude_m) else None,
         }
+        if self.pose is not None:
+            out.update(pitch_deg=self.pose.pitch_deg, roll_deg=self.pose.roll_deg)
+        return out
+
+
+def no_fix(reason: str, score: float = math.nan, heading_deg: float | None = None, tile_id: int = -1,
+           retrieval: RetrievalEstimate | None = None) -> Fix:
+    """A :class:`Fix` with status ``no_fix`` (every coordinate NaN)."""
+    return Fix(status=FixStatus.NO_FIX, lat=math.nan, lon=math.nan, easting=math.nan, northing=math.nan,
+               sigma_m=math.nan, cov_en=np.full((2, 2), np.nan), score=score, heading_deg=heading_deg, reason=reason,
+               tile_id=tile_id, retrieval=retrieval)
 
 
 def center_square(image: np.ndarray) -> np.ndarray:
@@ -170,6 +189,8 @@ class Localizer:
                 raise IndexFileError(f"index {str(index_dir)!r} does not record the config it was built with; "
                                      "pass one (--config)")
             cfg = from_dict(stored)
+        from mobilegeo_ros.index.facts import use_runtime_config
+        use_runtime_config(index, cfg)  # a config contradicting the index is refused; its search knobs apply
         model = load_model(cfg.model)
         diffs = identity_differences(index.identity, model.identity())
         if diffs:
@@ -179,6 +200,16 @@ class Localizer:
         return cls(index, model, cfg, index_dir=index_dir)
 
     # ---------------------------------------------------------------------------------------------------------------
+    def map_to_wgs84(self, easting: float, northing: float) -> tuple[float, float]:
+        """Map CRS metres → ``(lat, lon)`` degrees (NaN off the projection's domain)."""
+        lon, lat = self._to_wgs84.transform(easting, northing)
+        return float(lat), float(lon)
+
+    def wgs84_to_map(self, lat: float, lon: float) -> tuple[float, float]:
+        """``(lat, lon)`` degrees → map CRS ``(easting, northing)`` metres."""
+        e, n = self._from_wgs84.transform(lon, lat)
+        return float(e), float(n)
+
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         """Embed the central squares of camera views: list of H×W×3 uint8 RGB → N×D float32 (north-up unknown)."""
         return self.model.embed([center_square(im) for im in images])
@@ -332,26 +363,78 @@ class Localizer:
                 self.map_path = self._resolve_map_path()
             stored = self.index.map_info.get("build_config", {}).get("map")
             map_cfg = from_dict({"map": stored}).map if stored else MapConfig(**vars(self.cfg.map))
-            self._refiner = Refiner(read_orthophoto(self.map_path, map_cfg), self.cfg.refine)
+            # Map-side features are cached beside the index (INDEX_DIR/map_features), fingerprinted by the map
+            # file's content and the settings it is read with; without an index folder, in memory only.
+            cache_dir = map_identity = None
+            if self.index_dir is not None:
+                recorded = self.index.map_info.get("sha256")
+                sha = recorded if recorded and not self.cfg.refine.map_path else file_sha256(self.map_path)
+                cache_dir = self.index_dir / "map_features"
+                map_identity = {"sha256": sha, "settings": dataclasses.asdict(map_cfg)}
+            self._refiner = Refiner(read_orthophoto(self.map_path, map_cfg), self.cfg.refine, cache_dir=cache_dir,
+                                    map_identity=map_identity)
         return self._refiner
 
     def _finish(self, est: RetrievalEstimate, priors: Priors, image: np.ndarray | None) -> Fix:
-        """Retrieval estimate (+ the newest view to register, or None) -> :class:`Fix`."""
+        """Retrieval estimate (+ the newest view to register, or None) -> :class:`Fix`, status by
+        :func:`mobilegeo_ros.estimator.status.decide_status`."""
         fix = self._to_fix(est, priors)
-        if image is None or not self.cfg.refine.enabled or not est.ranked_rows or fix.status != est.status:
-            return fix  # (status changed: the attitude prior leaves no position to refine)
-        choice = self._register(image, est, priors)
-        if choice.status == "refined":
-            return self._refined_fix(est, choice, priors)
-        if choice.status == "ambiguous" or self.cfg.refine.fallback == "no_fix":
-            return Fix(status="no_fix", lat=float("nan"), lon=float("nan"), easting=float("nan"),
-                       northing=float("nan"), sigma_m=float("nan"), cov_en=np.full((2, 2), np.nan), score=est.score,
-                       heading_deg=fix.heading_deg, reason=choice.reason, tile_id=fix.tile_id, retrieval=est)
-        fix.reason = f"{fix.reason}; {choice.reason}" if fix.reason else f"retrieval only: {choice.reason}"
+        rc = self.cfg.refine
+        outcome, choice = RegistrationOutcome.NONE, None
+        # (a status changed by _to_fix means the attitude prior leaves no position to refine)
+        if image is not None and rc.enabled and est.ranked_rows and fix.status.is_fix:
+            choice = self._register(image, est, priors)
+            outcome = {"refined": RegistrationOutcome.VERIFIED, "ambiguous": RegistrationOutcome.AMBIGUOUS}.get(
+                choice.status, RegistrationOutcome.UNVERIFIED)
+            if outcome is RegistrationOutcome.VERIFIED:
+                refined = self._refined_fix(est, choice, priors, image.shape[1], image.shape[0])
+                if refined.status.is_fix:
+                    return refined
+                outcome, choice = RegistrationOutcome.UNVERIFIED, Choice("unverified", None, refined.reason)
+        status = decide_status(outcome, tracked=False, retrieval_fix=fix.status.is_fix,
+                               refine_enabled=rc.enabled and image is not None, fallback=rc.fallback)
+        if status is FixStatus.NO_FIX:
+            return no_fix(choice.reason if choice is not None else fix.reason, est.score, fix.heading_deg,
+                          fix.tile_id, est)
+        if choice is not None:
+            fix.reason = f"{fix.reason}; {choice.reason}" if fix.reason else f"retrieval only: {choice.reason}"
+        fix.status = status
         return fix
 
+    def camera_matrix(self, width_px: int, height_px: int, priors: Priors) -> np.ndarray | None:
+        """3×3 intrinsics of a ``width_px`` × ``height_px`` view from the field-of-view prior (camera_info), or
+        None when it is unknown."""
+        hfov = priors.finite("hfov_deg")
+        return None if hfov is None else intrinsics(width_px, height_px, hfov)
+
+    def register_near(self, image: np.ndarray, priors: Priors, center_e: float, center_n: float,
+                      heading_deg: float | None, half_m: float, gsd_m: float | None = None) -> Choice:
+        """Register ``image`` against ONE map window (square of half side ``half_m`` metres around ``(center_e,
+        center_n)``), no retrieval: the tracker's gated keyframe registration. ``heading_deg`` is the heading
+        hypothesis (turns the query north-up for matchers that are not rotation invariant); ``gsd_m`` the view's
+        ground resolution at its centre when known (metres per pixel, e.g. from the track), else from the priors."""
+        refiner = self.refiner()
+        h, w = image.shape[:2]
+        if gsd_m is not None and math.isfinite(gsd_m) and gsd_m > 0:
+            gsd, known = gsd_m, True
+        else:
+            gsd, known = expected_gsd(w, h, priors.finite("altitude_m"), priors.finite("hfov_deg"),
+                                      float(self._levels.min()))
+        if heading_deg is None or not math.isfinite(heading_deg):
+            heading_deg = priors.finite("yaw_deg")
+        query = refiner.prepare(image, gsd, known, heading_deg=heading_deg)
+        regs = refiner.register_many(query, [(center_e, center_n, half_m, -1)], priors.finite("yaw_deg"))
+        return choose(regs, self.cfg.refine)
+
     def _register(self, image: np.ndarray, est: RetrievalEstimate, priors: Priors) -> Choice:
-        """Register ``image`` against the map windows of the best ``refine.top_k`` retrieved tiles."""
+        """Register ``image`` against the map windows of the best ``refine.top_k`` retrieved tiles.
+
+        Rotation-invariant matchers (SIFT, ORB, AKAZE) detect the view once. Matchers that are not (XFeat) turn the
+        view north-up by a heading hypothesis per candidate: the yaw prior when known, else the rotation of the
+        candidate's gallery copy (``index.heading: gallery_rotations``; with ``refine.heading_hypotheses: 3`` also
+        that rotation ± one gallery step), else the retrieval's heading estimate, else north-up (0°). Candidates
+        sharing a hypothesis share one query detection.
+        """
         t0 = time.perf_counter()
         rc = self.cfg.refine
         refiner = self.refiner()
@@ -359,44 +442,113 @@ class Localizer:
         h, w = image.shape[:2]
         gsd, known = expected_gsd(w, h, priors.finite("altitude_m"), priors.finite("hfov_deg"),
                                   float(self._size[rows[0]]))
-        query = refiner.prepare(image, gsd, known)
-        windows: list[tuple[float, float, float, int]] = []
+        windows: list[tuple[float, float, float, int]] = []  # (centre e, centre n, tile side m, row)
         for r in rows:
             e, n, size = float(self._e[r]), float(self._n[r]), float(self._size[r])
             # Another pyramid level's tile at about the same place searches the same ground: skip it.
             if any(math.hypot(e - we, n - wn) < 0.25 * size for we, wn, _, _ in windows):
                 continue
-            windows.append((e, n, refiner.window_half_m(query, size), int(r)))
+            windows.append((e, n, size, int(r)))
+        # Heading hypothesis (None: no rotation) -> the candidate windows registered with it, best candidate first.
+        groups: dict[float | None, list[tuple[float, float, float, int]]] = {}
+        for win in windows:
+            for hyp in self._heading_hypotheses(refiner, est, priors, win[3]):
+                groups.setdefault(hyp, []).append(win)
         deadline = t0 + rc.max_time_s if rc.max_time_s > 0 else None
-        regs = refiner.register_many(query, windows, priors.finite("yaw_deg"), deadline)
+        regs = []
+        for hyp, group in groups.items():
+            if deadline is not None and regs and time.perf_counter() > deadline:
+                regs += [Registration(False, "time budget spent", candidate=r) for *_, r in group]
+                continue
+            query = refiner.prepare(image, gsd, known, heading_deg=hyp)
+            searched = [(e, n, refiner.window_half_m(query, size), r) for e, n, size, r in group]
+            regs += refiner.register_many(query, searched, priors.finite("yaw_deg"), deadline)
         return choose(regs, rc)
 
-    def _refined_fix(self, est: RetrievalEstimate, choice: Choice, priors: Priors) -> Fix:
+    def _heading_hypotheses(self, refiner: Refiner, est: RetrievalEstimate, priors: Priors, row: int
+                            ) -> list[float | None]:
+        """Compass headings (degrees) to turn the view north-up with before registering it against candidate
+        ``row``; ``[None]`` (no rotation) for a rotation-invariant matcher. See :meth:`_register`."""
+        if refiner.matcher.rotation_invariant:
+            return [None]
+        yaw = priors.finite("yaw_deg")
+        if yaw is not None:
+            return [yaw % 360.0]
+        if self.cfg.index.heading == "gallery_rotations" and self.cfg.index.rotations > 1:
+            base = float(self._rot[row]) % 360.0
+            if self.cfg.refine.heading_hypotheses >= 3:
+                step = 360.0 / self.cfg.index.rotations
+                return [base, (base + step) % 360.0, (base - step) % 360.0]
+            return [base]
+        return [est.heading_deg % 360.0 if est.heading_deg is not None else 0.0]
+
+    def _refined_fix(self, est: RetrievalEstimate, choice: Choice, priors: Priors, width_px: int,
+                     height_px: int) -> Fix:
+        """The verified registration -> a fix at the drone's nadir point (see :meth:`drone_position`)."""
         reg = choice.best
-        e, n = reg.center_e, reg.center_n
-        cov = np.array(reg.cov_en, float)
-        alt = priors.finite("altitude_m")
-        if alt is not None:
-            # The registration locates the ground under the image centre; the drone is offset from it by its tilt,
-            # known to the attitude prior's accuracy.
-            offset = _tilt_offset(alt, reg.heading_deg, priors)
-            if offset is None:
-                return self._to_fix(dataclasses.replace(est, reason=_no_ground_reason(priors)), priors)
-            e, n = e - offset[0], n - offset[1]
-            cov = cov + np.eye(2) * (alt * math.tan(math.radians(self.cfg.refine.attitude_sigma_deg))) ** 2
+        placed = self.drone_position(reg, priors, width_px, height_px)
+        if isinstance(placed, str):
+            return no_fix(placed, est.score, priors.finite("yaw_deg"), retrieval=est)
+        e, n, cov, alt, pose = placed
         lon, lat = self._to_wgs84.transform(e, n)
         if not (math.isfinite(lat) and math.isfinite(lon)):
-            return self._to_fix(dataclasses.replace(est, status="no_fix", reason=(
-                f"refined position ({e:.6g}, {n:.6g}) m has no WGS84 coordinates (off the map projection)")), priors)
+            return no_fix(f"refined position ({e:.6g}, {n:.6g}) m has no WGS84 coordinates (off the map "
+                          "projection)", est.score, retrieval=est)
         sigma = float(math.sqrt(max(np.trace(cov), 0.0) / 2.0))
         # A yaw prior stays the published heading (the registration was verified against it); without one the
         # registration's heading is published.
         yaw = priors.finite("yaw_deg")
-        return Fix(status="fix", lat=float(lat), lon=float(lon), easting=e, northing=n, sigma_m=sigma, cov_en=cov,
-                   score=est.score, heading_deg=reg.heading_deg if yaw is None else yaw,
+        return Fix(status=FixStatus.VERIFIED, lat=float(lat), lon=float(lon), easting=e, northing=n, sigma_m=sigma,
+                   cov_en=cov, score=est.score, heading_deg=reg.heading_deg if yaw is None else yaw,
                    registered_heading_deg=reg.heading_deg, reason=f"refined: {choice.reason}",
                    tile_id=int(self._tile_id[reg.candidate]) if reg.candidate >= 0 else -1, refined=True,
-                   inliers=reg.inliers, retrieval=est)
+                   inliers=reg.inliers, altitude_m=alt, pose=pose, registration=reg, retrieval=est)
+
+    def drone_position(self, reg: Registration, priors: Priors, width_px: int, height_px: int
+                       ) -> tuple[float, float, np.ndarray, float, CameraPoseEstimate | None] | str:
+        """Where the drone is, from a verified registration: ``(easting, northing, cov_en 2×2 m², altitude above
+        ground m (NaN if unknown), solved pose or None)``, or the reason (a string) why it cannot be placed.
+
+        1. Camera intrinsics known (``hfov_deg``): the full camera pose is solved from the inlier correspondences
+           (:func:`mobilegeo_ros.estimator.pose.solve_camera_pose`); the drone is at its nadir point, the covariance
+           is the pose covariance scaled and floored like the registration's (``refine.sigma_scale``,
+           ``refine.sigma_floor_m``).
+        2. Otherwise the registered image-centre point, moved by the attitude prior's tilt when the altitude is
+           known (plus ``altitude·tan(refine.attitude_sigma_deg)`` of sigma), or, with no attitude prior, left at
+           the image centre with ``altitude·tan(tracker.max_tilt_deg)`` of sigma covering the unknown tilt.
+        """
+        rc = self.cfg.refine
+        alt_prior = priors.finite("altitude_m")
+        k = self.camera_matrix(width_px, height_px, priors)
+        view_px = reg.inlier_view_px
+        if k is not None and view_px is not None and len(view_px) >= 6:
+            try:
+                pose = solve_camera_pose(view_px, reg.inlier_map_en, k, reg.homography)
+            except ValueError:
+                pose = None
+            if pose is not None and pose.tilt_deg <= _MAX_TILT_DEG:
+                cov = 0.5 * (pose.cov_en + pose.cov_en.T) * rc.sigma_scale**2
+                s2 = float(np.trace(cov)) / 2.0
+                if s2 < rc.sigma_floor_m**2:
+                    cov = cov + np.eye(2) * (rc.sigma_floor_m**2 - s2)
+                return pose.easting, pose.northing, cov, pose.altitude_m, pose
+        e, n = reg.center_e, reg.center_n
+        cov = np.array(reg.cov_en, float)
+        alt = alt_prior
+        if alt is None and k is not None:
+            alt = reg.gsd_m * float(k[0, 0])  # metres per pixel at the centre × focal length
+        if alt is None:
+            return ("the drone's position under a tilted camera needs the altitude or the camera field of view "
+                    "(hfov_deg / camera_info); neither is known")
+        if priors.finite("pitch_deg") is not None or priors.finite("roll_deg") is not None:
+            offset = _tilt_offset(alt, reg.heading_deg, priors)
+            if offset is None:
+                return _no_ground_reason(priors)
+            e, n = e - offset[0], n - offset[1]
+            tilt_sigma = alt * math.tan(math.radians(rc.attitude_sigma_deg))
+        else:
+            tilt_sigma = alt * math.tan(math.radians(self.cfg.tracker.max_tilt_deg))
+        return e, n, cov + np.eye(2) * tilt_sigma**2, float(alt), None
 
     def _to_fix(self, est: RetrievalEstimate, priors: Priors) -> Fix:
         heading = priors.finite("yaw_deg")
@@ -426,7 +578,8 @@ class Localizer:
                 f"retrieval fix sigma {est.sigma_m:.1f} m exceeds estimator.max_sigma_m {ceiling:g} m"))
         tile_id = int(self._tile_id[est.best_row]) if est.best_row >= 0 else -1
         return Fix(
-            status=est.status, lat=float(lat), lon=float(lon), easting=e, northing=n,
+            status=FixStatus.RETRIEVAL if est.status == "fix" else FixStatus.NO_FIX, lat=float(lat), lon=float(lon),
+            easting=e, northing=n,
             sigma_m=est.sigma_m if est.status == "fix" else float("nan"), cov_en=est.cov_en, score=est.score,
             heading_deg=heading, reason=est.reason, tile_id=tile_id, retrieval=est,
         )

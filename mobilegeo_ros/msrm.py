@@ -21,8 +21,9 @@ current parameters:
   information under the Gaussian model, and it would cancel in a mean); (2) ``max_similarity`` ≥ 1 disables the
   threshold as before, and a negative ``max_similarity`` now means threshold 0 (only views exactly orthogonal to all
   kept ones are added) instead of "only views anti-correlated below it".
-* **Refinement** (:func:`fuse`). The kept views are averaged with information weights and re-normalised. The weight
-  of view i is the inverse of its effective number of copies in the kept set,
+* **Refinement** (not used by the localizer, which averages the kept views; the benchmarks
+  ``benchmarks/ablate_msrm.py`` and ``benchmarks/msrm_views.py`` compare it, code in ``test/msrm_variants.py``). The
+  kept views are averaged with information weights and re-normalised. The weight of view i is the inverse of its effective number of copies in the kept set,
   ``w_i = 1 / Σ_j ρ_ij² = 1 / (1 + Σ_{j≠i} (1 − exp(−2·I_ij)))``, since under the Gaussian model ρ² = 1 − e^{−2I} is
   the share of view i's variance that view j explains. Two identical views and one distinct view thus get weights
   ½, ½, 1 (the pair counts once); mutually orthogonal views get equal weights (a plain mean). Weights are in
@@ -130,42 +131,4 @@ def thumbnail_descriptors(images: list[np.ndarray], side_px: int = 16) -> np.nda
     return np.asarray(rows, dtype=np.float32)
 
 
-def information_weights(embeddings: np.ndarray) -> np.ndarray:
-    """Fusion weight of each of k views: ``1 / Σ_j ρ_ij²`` (the inverse of its effective number of copies, module
-    docstring). k×D → k float64 in (1/k, 1]; raises ValueError for NaN/inf/zero rows."""
-    emb = _unit_rows(embeddings, "information_weights")
-    rho2 = np.minimum(np.square(emb @ emb.T), 1.0)
-    np.fill_diagonal(rho2, 1.0)
-    return 1.0 / rho2.sum(axis=1)
-
-
-def fuse(embeddings: np.ndarray, indices: np.ndarray | list[int] | None = None,
-         weights: np.ndarray | list[float] | None = None) -> np.ndarray:
-    """One L2-normalised D float32 vector from the views ``indices`` (default: all) of an N×D window.
-
-    ``weights`` (one per index, finite, ≥ 0, not all 0) default to :func:`information_weights` of the chosen views;
-    pass ones for a plain mean. Raises ValueError for NaN/inf/zero rows, bad indices or weights, or views that
-    cancel (fused norm ≈ 0).
-    """
-    emb = _unit_rows(embeddings, "fuse")
-    idx = np.arange(len(emb)) if indices is None else np.asarray(indices)
-    if idx.ndim != 1 or len(idx) == 0 or not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"fuse: indices must be a non-empty 1-D integer array, got {idx!r}")
-    if idx.min() < -len(emb) or idx.max() >= len(emb):
-        raise ValueError(f"fuse: indices {idx.tolist()} out of range for {len(emb)} views")
-    sel = emb[idx]
-    if weights is None:
-        w = information_weights(sel)
-    else:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(idx),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"fuse: weights must be {len(idx)} finite values >= 0, not all zero; got {w!r}")
-    v = (w[:, None] * sel).sum(axis=0)
-    norm = float(np.linalg.norm(v))
-    if norm <= 1e-9 * float(w.sum()):
-        raise ValueError("fuse: the weighted views cancel out (fused embedding has zero norm)")
-    return (v / norm).astype(np.float32)
-
-
-__all__ = ["fuse", "information_weights", "mi_from_cosine", "mutual_information", "select_views",
-           "thumbnail_descriptors"]
+__all__ = ["mi_from_cosine", "mutual_information", "select_views", "thumbnail_descriptors"]

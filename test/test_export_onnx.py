@@ -11,12 +11,13 @@ import pytest
 
 from mobilegeo_ros import cli
 from mobilegeo_ros.config import ModelConfig, from_dict
+from mobilegeo_ros.geo.imageops import center_square
 from mobilegeo_ros.geo.raster import read_orthophoto
 from mobilegeo_ros.geo.render import CameraModel, photometric, random_poses, render_view
 from mobilegeo_ros.geo.synthetic import write_synthetic_geotiff
 from mobilegeo_ros.index import TileIndex
 from mobilegeo_ros.index.build import build_index
-from mobilegeo_ros.localizer import Localizer, center_square
+from mobilegeo_ros.localizer import Localizer
 from mobilegeo_ros.model import ModelError, load_model
 from mobilegeo_ros.model.onnx_backend import OnnxRuntimeModel, sidecar_path
 

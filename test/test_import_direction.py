@@ -42,3 +42,47 @@ def test_core_modules_import_without_loading_rclpy():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _imported_modules(source: str, package: str) -> set[str]:
+    """Every absolute module name ``source`` (a module of ``package``) imports, at any level (module, function,
+    class); relative imports are resolved against ``package``."""
+    tree = ast.parse(source)
+    package = package.split(".")
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+            names.add(base)
+            names |= {f"{base}.{a.name}" for a in node.names}  # `from mobilegeo_ros import localizer`
+    return names
+
+
+def _package_of(path: Path) -> str:
+    return ".".join(["mobilegeo_ros", *path.relative_to(PKG).parent.parts])
+
+
+ABOVE_MODEL = ("mobilegeo_ros.index", "mobilegeo_ros.localizer", "mobilegeo_ros.tracker", "mobilegeo_ros.ros")
+
+
+def test_model_does_not_import_the_layers_above_it():
+    """model/ embeds images; the index, the localizer, the tracker and the ROS node are built on it, never the
+    other way round (an import circle once ran model/tensorrt_backend -> index.build -> model)."""
+    files = sorted((PKG / "model").rglob("*.py"))
+    assert len(files) > 5
+    offenders = {
+        str(p.relative_to(PKG)): sorted(m for m in _imported_modules(p.read_text(), _package_of(p))
+                                        if any(m == up or m.startswith(up + ".") for up in ABOVE_MODEL))
+        for p in files
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_import_scanner_sees_function_level_and_relative_imports():
+    source = "def f():\n    from mobilegeo_ros.localizer import center_square\n    from ..index import build\n"
+    names = _imported_modules(source, "mobilegeo_ros.model")
+    assert "mobilegeo_ros.localizer" in names and "mobilegeo_ros.index.build" in names

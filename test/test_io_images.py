@@ -133,3 +133,23 @@ def test_png_bomb_header_refused_before_decoding():
     png[16:24] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")
     with pytest.raises(ImageDecodeError, match="60000x60000"):
         decode_compressed("png", bytes(png))
+
+
+def test_read_image_file_png_bmp_and_one_line_errors(tmp_path):
+    import cv2
+
+    from mobilegeo_ros.io.images import read_image_file
+
+    rgb = np.random.default_rng(0).integers(0, 255, (9, 13, 3), dtype=np.uint8)
+    for name in ("v.png", "v.bmp"):
+        cv2.imwrite(str(tmp_path / name), rgb[:, :, ::-1])
+        np.testing.assert_array_equal(read_image_file(tmp_path / name), rgb)
+    jpeg = encode_compressed(rgb, "jpeg")["data"]
+    (tmp_path / "cut.jpg").write_bytes(bytes(jpeg)[:-10])
+    with pytest.raises(ImageDecodeError, match=r"cut\.jpg.*truncated"):
+        read_image_file(tmp_path / "cut.jpg")
+    with pytest.raises(ImageDecodeError, match="missing.png.*does not exist"):
+        read_image_file(tmp_path / "missing.png")
+    (tmp_path / "text.tif").write_text("not an image")
+    with pytest.raises(ImageDecodeError, match="text.tif.*not a readable image"):
+        read_image_file(tmp_path / "text.tif")

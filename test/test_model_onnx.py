@@ -8,7 +8,8 @@ import pytest
 from mobilegeo_ros.config import ModelConfig
 from mobilegeo_ros.geo.synthetic import synthetic_rgb
 from mobilegeo_ros.model import load_model
-from mobilegeo_ros.model.onnx_backend import OnnxRuntimeModel, cache_dir
+from mobilegeo_ros.model.onnx_backend import OnnxRuntimeModel
+from mobilegeo_ros.util.files import cache_dir
 
 pytest.importorskip("onnxruntime")
 
@@ -20,7 +21,7 @@ def test_onnxruntime_matches_torch_and_shares_identity(tmp_path, monkeypatch):
     torch_model = load_model(ModelConfig(backend="torch"))
     onnx_model = load_model(ModelConfig(backend="onnxruntime", batch_size=2))
     assert isinstance(onnx_model, OnnxRuntimeModel)
-    assert onnx_model.onnx_path.parent == cache_dir() == tmp_path / "cache" / "onnx"
+    assert onnx_model.onnx_path.parent == cache_dir("onnx") == tmp_path / "cache" / "onnx"
     a, b = torch_model.embed(images), onnx_model.embed(images)
     assert b.shape == (5, 1280) and b.dtype == np.float32
     assert (a * b).sum(axis=1).min() >= 0.9999

@@ -1,35 +1,19 @@
 """MSRM (mobilegeo_ros.msrm): the Gaussian MI of unit embeddings, greedy MI view selection (order, threshold,
-degenerate windows, equivalence with the former cosine pruning) and information-weighted fusion, against values
-computed by hand."""
+degenerate windows, equivalence with the former cosine pruning) and the information-weighted fusion the benchmarks
+compare (test/msrm_variants.py), against values computed by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from mobilegeo_ros.msrm import fuse, information_weights, mi_from_cosine, mutual_information, select_views
+from mobilegeo_ros.msrm import mi_from_cosine, mutual_information, select_views
+from msrm_variants import cosine_pruning, fuse, information_weights
 
 
 def _unit(rows):
     a = np.asarray(rows, np.float32)
     return a / np.linalg.norm(a, axis=1, keepdims=True)
-
-
-def _cosine_pruning(emb, max_views, max_similarity=0.995):
-    """The former msrm.select_views (greedy farthest-point pruning in cosine similarity), kept as the reference."""
-    n = len(emb)
-    sim = emb @ emb.T
-    kept = [n - 1]
-    closest = sim[n - 1].copy()
-    closest[n - 1] = np.inf
-    while len(kept) < min(max_views, n):
-        j = n - 1 - int(np.argmin(closest[::-1]))
-        if closest[j] > max_similarity:
-            break
-        kept.append(j)
-        closest = np.maximum(closest, sim[j])
-        closest[kept] = np.inf
-    return sorted(kept)
 
 
 def test_mi_from_cosine_hand_values():
@@ -91,7 +75,7 @@ def test_anticorrelated_view_counts_as_redundant():
     # cosine −1 to the newest: the former pruning took it first (lowest cosine); under the Gaussian model it carries
     # no new information and a mean would cancel it, so it is pruned and the ρ = 0.6 view is taken instead
     e = _unit([[-1, 0], [0.6, 0.8], [1, 0]])
-    assert _cosine_pruning(e, 3) == [0, 1, 2]
+    assert cosine_pruning(e, 3).tolist() == [0, 1, 2]
     assert select_views(e, 3).tolist() == [1, 2]
 
 
@@ -142,7 +126,7 @@ def test_default_threshold_reproduces_the_former_cosine_pruning():
         emb[rng.random(n) < 0.2] = emb[-1]
         mv = int(rng.integers(1, n + 2))
         ms = float(rng.choice([0.9, 0.99, 0.995, 0.9999, 1.1]))
-        assert select_views(emb, mv, ms).tolist() == _cosine_pruning(emb, mv, ms), (trial, n, mv, ms)
+        assert select_views(emb, mv, ms).tolist() == cosine_pruning(emb, mv, ms).tolist(), (trial, n, mv, ms)
 
 
 def test_information_weights_hand_values():

@@ -115,7 +115,7 @@ def test_window_baseline_registers_with_known_prior(ortho):
     pose = CameraPose((left + right) / 2, (bottom + top) / 2, 90.0, 20.0)
     ce, cn = _centre(pose)
     for features in ("sift", "orb"):
-        reg = register_window(_view(ortho, pose), ortho, ce + 20, cn + 20, 300.0, features=features)
+        reg = register_window(_view(ortho, pose), ortho, ce + 20, cn + 20, 300.0, matcher=features)
         assert reg.ok, (features, reg.reason)
         assert math.hypot(reg.center_e - ce, reg.center_n - cn) < 3.0, features
 
@@ -146,7 +146,7 @@ def test_localizer_refines_position_and_heading(setup):
     img, pose = _setup_view(setup)
     with_priors = loc.localize([img], Priors(pitch_deg=pose.pitch_deg, roll_deg=pose.roll_deg,
                                              altitude_m=pose.altitude_m, hfov_deg=CAM.hfov_deg))
-    assert with_priors.status == "fix" and with_priors.refined, with_priors.reason
+    assert with_priors.status == "verified" and with_priors.refined, with_priors.reason
     assert math.hypot(with_priors.easting - pose.easting, with_priors.northing - pose.northing) < 2.0
     assert abs((with_priors.heading_deg - pose.yaw_deg + 180) % 360 - 180) < 2.0
     assert with_priors.inliers >= 15 and with_priors.sigma_m < with_priors.retrieval.sigma_m
@@ -180,14 +180,14 @@ def test_localizer_fallback_and_no_fix_when_nothing_verifies(setup):
 def test_sigma_ceiling_turns_broad_retrieval_fixes_into_no_fix(setup):
     img, _ = _setup_view(setup)
     loose = _loc(setup, enabled=False).localize([img])
-    assert loose.status == "fix" and loose.sigma_m > 1.0
+    assert loose.status == "retrieval" and loose.sigma_m > 1.0
     cfg = from_dict({**setup.overrides, "refine": {"enabled": False},
                      "estimator": {**setup.overrides.get("estimator", {}), "max_sigma_m": loose.sigma_m * 0.5}})
     capped = Localizer.from_files(setup.index_dir, cfg).localize([img])
     assert capped.status == "no_fix" and "max_sigma_m" in capped.reason
     cfg = from_dict({**setup.overrides, "refine": {"enabled": False},
                      "estimator": {**setup.overrides.get("estimator", {}), "max_sigma_m": loose.sigma_m * 2.0}})
-    assert Localizer.from_files(setup.index_dir, cfg).localize([img]).status == "fix"
+    assert Localizer.from_files(setup.index_dir, cfg).localize([img]).status == "retrieval"
 
 
 def test_moved_map_fails_clearly_and_map_path_points_at_it(setup, tmp_path):

@@ -19,7 +19,7 @@ from mobilegeo_ros.model.weights import (
     resolve_default_weights,
     shipped_mobilenetv2_path,
 )
-from mobilegeo_ros.train.student import STAGE_BOUNDS
+from mobilegeo_ros.train.networks import STAGE_BOUNDS
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 STUDENT = MODELS / "student.safetensors"

@@ -14,7 +14,7 @@ from mobilegeo_ros.geo.synthetic import write_synthetic_geotiff
 from mobilegeo_ros.model.base import ModelError
 from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM
 from mobilegeo_ros.model.weights import load_state_dict_file, save_safetensors
-from mobilegeo_ros.train.student import STAGE_BOUNDS, StudentNet
+from mobilegeo_ros.train.networks import STAGE_BOUNDS, StudentNet
 
 CORE = {"model": {"input_px": 64}, "render": {"altitude_m": [40.0, 50.0], "max_tilt_deg": 10.0, "hfov_deg": 60.0}}
 

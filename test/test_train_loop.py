@@ -13,7 +13,7 @@ from mobilegeo_ros.config import ConfigError, ModelConfig
 from mobilegeo_ros.geo.synthetic import write_synthetic_geotiff
 from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM
 from mobilegeo_ros.model.preprocess import preprocess
-from mobilegeo_ros.train.config import load_run_config
+from mobilegeo_ros.train.run_config import load_run_config
 from mobilegeo_ros.train.loop import Trainer, build_dataset, collate, lr_lambda
 
 

@@ -9,8 +9,8 @@ from mobilegeo_ros.model.base import ModelError
 from mobilegeo_ros.model.flops import torch_flops
 from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM
 from mobilegeo_ros.model.preprocess import preprocess
-from mobilegeo_ros.model.weights import shipped_mobilenetv2_path
-from mobilegeo_ros.train.student import OpenNsfwTeacherNet, StudentNet, TimmTeacherNet, export_student
+from mobilegeo_ros.model.weights import save_safetensors, shipped_mobilenetv2_path
+from mobilegeo_ros.train.networks import OpenNsfwTeacherNet, StudentNet, TimmTeacherNet
 
 
 class _Embed(torch.nn.Module):
@@ -51,14 +51,14 @@ def test_imagenet_init_and_export_runs_in_the_node_model(student, tmp_path):
         student.gem.p.fill_(4.0)  # as if trained: the exported p must travel with the weights
         student.features[18][0].weight.mul_(1.1)
         want = student.embed(x).numpy()
-    path = export_student(student, tmp_path / "student.safetensors")
+    path = save_safetensors(student.embedding_state_dict(), tmp_path / "student.safetensors")
     model = MobileNetV2GeM(ModelConfig(input_px=96, weights=str(path)))
     np.testing.assert_allclose(model.embed(imgs), want, atol=1e-5)
     assert model.identity()["gem_p"] == pytest.approx(4.0)
 
 
 def test_open_nsfw_teacher_matches_onnxruntime():
-    from mobilegeo_ros.model.teacher import OpenNsfwTeacher
+    from mobilegeo_ros.model.baseline_resnet50 import OpenNsfwTeacher
 
     teacher = OpenNsfwTeacherNet(num_classes=5).eval()
     rng = np.random.default_rng(1)

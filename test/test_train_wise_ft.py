@@ -14,7 +14,7 @@ from mobilegeo_ros.geo.synthetic import write_synthetic_geotiff
 from mobilegeo_ros.model.base import ModelError
 from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM, MobileNetV2GeMNet, load_weights_into
 from mobilegeo_ros.model.weights import load_state_dict_file, save_safetensors, shipped_mobilenetv2_path
-from mobilegeo_ros.train.student import StudentNet
+from mobilegeo_ros.train.networks import StudentNet
 from mobilegeo_ros.train.wise_ft import interpolate_state, interpolate_weights
 
 

@@ -7,20 +7,29 @@ true*. For each of the top retrieved tiles the camera view is registered against
    resolution (metres per image pixel at the image centre) comes from the altitude prior and the field of view when
    both are known, else from the matched tile (its side over the side of the view's central square, which is what
    the embedding compared).
-2. Features: OpenCV SIFT, ORB or AKAZE on contrast-equalised grey images (CLAHE, which evens out the
-   date-to-date lighting). Map keypoints are detected once per square block of a pyramid level and cached, so a
-   query only pays for the view's keypoints and the descriptor matching of the windows it visits.
-3. Matching: brute-force k=2 nearest neighbours, Lowe's ratio test, then a keypoint-orientation consistency filter
-   (all true matches rotate by the same angle, the camera heading).
-4. Robust homography (``cv2.USAC_MAGSAC`` or ``cv2.RANSAC``) from view pixels to map-level pixels, composed into
-   ``H``: view pixel ``(u, v, 1)`` (continuous, centre of pixel (0, 0) at (0.5, 0.5)) -> map ``(e, n, 1)`` (metres,
-   the orthophoto's CRS).
-5. Outputs: the ground point under the image centre ``H @ (W/2, H/2, 1)``, the heading (compass direction of the
-   image's up direction at the centre, clockwise from north, degrees), the local ground resolution, and a 2×2
+2. North-up (matchers that are not rotation invariant, e.g. XFeat): with a heading hypothesis the resized view is
+   rotated about its centre so that its top edge points north, like the map. The resize and the rotation are one
+   3×3 ``Query.view_to_match`` (view pixels -> matching-image pixels), so every homography below still maps
+   ORIGINAL view pixels to the map.
+3. Features (``refine.matcher``, :mod:`.matchers`): OpenCV SIFT, ORB or AKAZE, or the learned XFeat, on
+   contrast-equalised grey images (CLAHE, which evens out the date-to-date lighting). Map keypoints are detected
+   once per square block of a pyramid level and cached (in memory, and on disk beside the index when the
+   :class:`Refiner` is given a cache folder: :class:`MapFeatures`), so a query only pays for the view's keypoints
+   and the matching of the windows it visits.
+4. Matching: the matcher's own (ratio test for OpenCV, mutual nearest neighbour for XFeat, LighterGlue), then for
+   matchers whose keypoints carry orientation and scale a keypoint-orientation consistency filter (all true
+   matches rotate by the same angle, the camera heading) and a scale consistency filter.
+5. Robust homography (``cv2.USAC_MAGSAC`` or ``cv2.RANSAC``) from matching-image pixels to map-level pixels,
+   composed into ``H``: view pixel ``(u, v, 1)`` (continuous, centre of pixel (0, 0) at (0.5, 0.5)) -> map
+   ``(e, n, 1)`` (metres, the orthophoto's CRS).
+6. Outputs: the ground point under the image centre ``H @ (W/2, H/2, 1)``, the heading (compass direction of the
+   image's up direction at the centre, clockwise from north, degrees), the local ground resolution, a 2×2
    covariance of the centre point propagated from the inlier residuals through the 8 homography parameters
    (``sigma²·(JᵀJ)⁻¹``), scaled and floored by the configuration because the residuals of a flat-ground model ignore
-   building parallax and the correlated errors of another acquisition date.
-6. Verification: enough inliers, a large enough inlier share and image coverage, no mirror or fold, a ground
+   building parallax and the correlated errors of another acquisition date, and the inlier correspondences
+   (original view pixels, map metres) for the camera-pose solver.
+7. Verification: enough inliers (``refine.min_inliers``; 0 = the measured default of the matcher,
+   :data:`.matchers.MATCHER_DEFAULTS`), a large enough inlier share and image coverage, no mirror or fold, a ground
    resolution consistent with the expected one, mild anisotropy, a heading consistent with the yaw prior, and a
    centre inside the searched window. A candidate failing any rule is rejected with the rule in ``reason``.
 
@@ -33,65 +42,26 @@ Images are RGB ``uint8`` ``H×W×3``; map positions in metres (easting, northing
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from mobilegeo_ros.config import RefineConfig
+from mobilegeo_ros.estimator.matchers import (
+    Features,
+    Matcher,
+    make_matcher,
+    resolved_min_inliers,
+)
 from mobilegeo_ros.geo.raster import Orthophoto
-
-_NORMS = {"sift": cv2.NORM_L2, "orb": cv2.NORM_HAMMING, "akaze": cv2.NORM_HAMMING}
-
-
-def make_detector(kind: str, n_features: int):
-    """An OpenCV feature detector+descriptor: ``sift`` | ``orb`` | ``akaze`` (``n_features`` caps SIFT/ORB)."""
-    if kind == "sift":
-        # A lower contrast threshold than the default 0.04 keeps the faint texture of fields and roofs.
-        return cv2.SIFT_create(nfeatures=n_features, contrastThreshold=0.02)
-    if kind == "orb":
-        return cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8, fastThreshold=10, edgeThreshold=15,
-                              patchSize=15)
-    if kind == "akaze":
-        if not hasattr(cv2, "AKAZE_create"):
-            raise ValueError(f"refine.features: akaze is not available in this OpenCV build ({cv2.__version__}); "
-                             "use sift or orb")
-        return cv2.AKAZE_create(threshold=0.0005)
-    raise ValueError(f"refine.features: {kind!r} is not one of sift, orb, akaze")
-
-
-def make_matcher(kind: str):
-    """k-NN descriptor matcher: FLANN k-d trees for SIFT's float descriptors (brute force costs ~0.3 s for a view
-    against a 400 m window), brute-force Hamming for the binary ones (popcount is fast)."""
-    if kind == "sift":
-        return cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": 64})
-    return cv2.BFMatcher(_NORMS[kind], crossCheck=False)
-
-
-@dataclass
-class Features:
-    """Keypoints of one image: ``xy`` (N×2 float64, continuous pixels of that image), ``angle_deg`` (N,),
-    ``size`` (N,) and ``desc`` (N×D, float32 for SIFT, uint8 for binary descriptors)."""
-
-    xy: np.ndarray
-    angle_deg: np.ndarray
-    size: np.ndarray
-    desc: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.xy)
-
-    def take(self, idx: np.ndarray) -> Features:
-        return Features(self.xy[idx], self.angle_deg[idx], self.size[idx], self.desc[idx])
-
-    @staticmethod
-    def concat(parts: list[Features], desc_dim: int, desc_dtype: np.dtype) -> Features:
-        if not parts:
-            return Features(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros((0, desc_dim), desc_dtype))
-        return Features(np.concatenate([p.xy for p in parts]), np.concatenate([p.angle_deg for p in parts]),
-                        np.concatenate([p.size for p in parts]), np.concatenate([p.desc for p in parts]))
+from mobilegeo_ros.util.files import atomic_write_bytes, atomic_write_text, file_sha256
 
 
 def equalise(rgb: np.ndarray) -> np.ndarray:
@@ -100,62 +70,164 @@ def equalise(rgb: np.ndarray) -> np.ndarray:
     return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
 
 
-def detect(detector, grey: np.ndarray, max_features: int, mask: np.ndarray | None = None) -> Features:
-    """Keypoints and descriptors of a grey image, strongest ``max_features`` kept; ``xy`` in continuous pixels."""
-    kps, desc = detector.detectAndCompute(grey, mask)
-    if desc is None or not kps:
-        dim = detector.descriptorSize()
-        dtype = np.float32 if detector.descriptorType() == cv2.CV_32F else np.uint8
-        return Features(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros((0, dim), dtype))
-    resp = np.array([k.response for k in kps])
-    order = np.argsort(-resp, kind="stable")[:max_features]
-    # OpenCV puts pixel centres at integers; the project's continuous coordinates put them at +0.5.
-    xy = np.array([kps[i].pt for i in order], np.float64) + 0.5
-    return Features(xy, np.array([kps[i].angle for i in order]), np.array([kps[i].size for i in order]),
-                    desc[order])
-
-
 def _level_to_map(ortho: Orthophoto, level: int) -> np.ndarray:
     """3×3: continuous pixel of pyramid ``level`` -> map (e, n, 1)."""
     return ortho.pixel_to_map_matrix() @ Orthophoto.pyramid_to_base(level)
 
 
-class MapFeatures:
-    """Keypoints of an orthophoto, detected lazily per (pyramid level, block) and cached on this object.
+class MapFeatureCacheError(RuntimeError):
+    """A map-feature cache on disk was computed for another map, matcher or setting: it is never used."""
 
-    Each block of ``cfg.block_px`` pixels is detected with a padding of 16 pixels (so features at block borders are
-    found as on the whole image) and keeps the ``cfg.block_features`` strongest keypoints centred in its core.
+
+#: Version of the map-feature cache files (bumped when their layout or the detection changes).
+MAP_FEATURE_CACHE_FORMAT = 1
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
+    """``"field: cached X, expected Y"`` for every differing (flattened) field of two cache fingerprints."""
+    a, b = _flatten(cached), _flatten(expected)
+    return [f"{k}: cached {a.get(k)!r}, expected {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
+
+
+class MapFeatures:
+    """Keypoints of an orthophoto, detected per (pyramid level, block) and cached.
+
+    Each block of ``cfg.block_px`` pixels is detected with a padding of ``matcher.context_px`` pixels (so features
+    at block borders are found as on the whole image) and keeps the ``cfg.block_features`` strongest keypoints
+    centred in its core.
+
+    Without ``cache_dir`` blocks are detected lazily and kept in memory. With ``cache_dir`` (the localizer passes
+    ``INDEX_DIR/map_features``) the first use of a pyramid level detects all its blocks and writes them to
+    ``cache_dir/<matcher>/level<L>.npz`` (atomically) with a fingerprint: the map's identity (file sha256 and the
+    map settings it was read with), the matcher's identity (name, weights sha256), block size, block feature count,
+    context padding and level. A later :class:`MapFeatures` loads that file instead of detecting; one whose
+    fingerprint differs raises :class:`MapFeatureCacheError` naming the differing fields.
+    ``levels_loaded`` / ``blocks_computed`` say what happened (for tests and diagnostics).
     """
 
-    PAD_PX = 16
-
-    def __init__(self, ortho: Orthophoto, cfg: RefineConfig):
+    def __init__(self, ortho: Orthophoto, cfg: RefineConfig, matcher: Matcher | None = None,
+                 cache_dir: str | Path | None = None, map_identity: dict | None = None):
         self.ortho, self.cfg = ortho, cfg
-        self.detector = make_detector(cfg.features, cfg.block_features)
+        self.matcher = matcher if matcher is not None else make_matcher(cfg.matcher, cfg.ratio)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if self.cache_dir is not None and map_identity is None:
+            if ortho.path is None:
+                raise ValueError("a map-feature cache needs the map's identity (an in-memory orthophoto has no file)")
+            map_identity = {"sha256": file_sha256(ortho.path)}
+        self.map_identity = map_identity
         self._grey: dict[int, np.ndarray] = {}
         self._blocks: dict[tuple[int, int, int], Features] = {}
-        self._dim = self.detector.descriptorSize()
-        self._dtype = np.dtype(np.float32 if self.detector.descriptorType() == cv2.CV_32F else np.uint8)
+        self._levels_ready: set[int] = set()
+        self.levels_loaded: set[int] = set()
+        self.blocks_computed = 0
 
+    # -- detection ------------------------------------------------------------------------------------------------
     def grey(self, level: int) -> np.ndarray:
         if level not in self._grey:
             self._grey[level] = equalise(self.ortho.pyramid(level))
         return self._grey[level]
 
+    def level_shape(self, level: int) -> tuple[int, int]:
+        """(H, W) of pyramid ``level`` in pixels."""
+        return self.grey(level).shape
+
+    def _detect_block(self, level: int, bx: int, by: int) -> Features:
+        grey = self.grey(level)
+        b, p = self.cfg.block_px, self.matcher.context_px
+        x0, y0 = bx * b, by * b
+        xa, ya = max(0, x0 - p), max(0, y0 - p)
+        xb, yb = min(grey.shape[1], x0 + b + p), min(grey.shape[0], y0 + b + p)
+        f = self.matcher.detect(grey[ya:yb, xa:xb], 4 * self.cfg.block_features)
+        f.xy += (xa, ya)
+        core = (f.xy[:, 0] >= x0) & (f.xy[:, 0] < x0 + b) & (f.xy[:, 1] >= y0) & (f.xy[:, 1] < y0 + b)
+        self.blocks_computed += 1
+        return f.take(np.flatnonzero(core)[: self.cfg.block_features])
+
     def _block(self, level: int, bx: int, by: int) -> Features:
         key = (level, bx, by)
         if key not in self._blocks:
-            grey = self.grey(level)
-            b, p = self.cfg.block_px, self.PAD_PX
-            x0, y0 = bx * b, by * b
-            xa, ya = max(0, x0 - p), max(0, y0 - p)
-            xb, yb = min(grey.shape[1], x0 + b + p), min(grey.shape[0], y0 + b + p)
-            f = detect(self.detector, grey[ya:yb, xa:xb], 4 * self.cfg.block_features)
-            f.xy += (xa, ya)
-            core = (f.xy[:, 0] >= x0) & (f.xy[:, 0] < x0 + b) & (f.xy[:, 1] >= y0) & (f.xy[:, 1] < y0 + b)
-            self._blocks[key] = f.take(np.flatnonzero(core)[: self.cfg.block_features])
+            if self.cache_dir is not None and level not in self._levels_ready:
+                self.ensure_level(level)
+            if key not in self._blocks:
+                self._blocks[key] = self._detect_block(level, bx, by)
         return self._blocks[key]
 
+    # -- disk cache -----------------------------------------------------------------------------------------------
+    def fingerprint(self, level: int) -> dict:
+        """What the cached features of ``level`` depend on (see the class docstring)."""
+        return {"format": MAP_FEATURE_CACHE_FORMAT, "map": self.map_identity, "matcher": self.matcher.identity(),
+                "block_px": self.cfg.block_px, "block_features": self.cfg.block_features,
+                "context_px": self.matcher.context_px, "level": level}
+
+    def cache_path(self, level: int) -> Path:
+        if self.cache_dir is None:
+            raise ValueError("this MapFeatures has no cache folder")
+        return self.cache_dir / self.matcher.name / f"level{level}.npz"
+
+    def ensure_level(self, level: int) -> None:
+        """Make every block of ``level`` available: load the cache file, or detect them all and write it."""
+        if level in self._levels_ready:
+            return
+        path = self.cache_path(level)
+        expected = self.fingerprint(level)
+        if path.is_file():
+            self._load_level(path, level, expected)
+            self.levels_loaded.add(level)
+        else:
+            h, w = self.level_shape(level)
+            b = self.cfg.block_px
+            keys = [(bx, by) for by in range(-(-h // b)) for bx in range(-(-w // b))]
+            for bx, by in keys:
+                if (level, bx, by) not in self._blocks:
+                    self._blocks[(level, bx, by)] = self._detect_block(level, bx, by)
+            self._save_level(path, level, expected, keys)
+        self._levels_ready.add(level)
+
+    def _save_level(self, path: Path, level: int, fingerprint: dict, keys: list[tuple[int, int]]) -> None:
+        parts = [self._blocks[(level, bx, by)] for bx, by in keys]
+        counts = np.array([len(f) for f in parts], np.int64)
+        allf = Features.concat(parts, self.matcher.desc_dim, self.matcher.desc_dtype)
+        buf = io.BytesIO()
+        np.savez(buf, fingerprint=np.array(json.dumps(fingerprint, sort_keys=True)),
+                 block_keys=np.array(keys, np.int64).reshape(-1, 2), counts=counts, xy=allf.xy,
+                 angle_deg=allf.angle_deg, size=allf.size, desc=allf.desc)
+        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_text(path.parent / "fingerprint.json",
+                          json.dumps({k: v for k, v in fingerprint.items() if k != "level"}, indent=1,
+                                     sort_keys=True) + "\n")
+
+    def _load_level(self, path: Path, level: int, expected: dict) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                cached = json.loads(str(z["fingerprint"]))
+                diffs = fingerprint_differences(cached, expected)
+                if diffs:
+                    raise MapFeatureCacheError(
+                        f"map-feature cache {str(path)!r} was computed for another map, matcher or setting "
+                        f"({'; '.join(diffs)}); it is not used. Delete the folder {str(path.parent)!r} (it is "
+                        "recomputed on first use) or rebuild the index")
+                keys, counts = z["block_keys"], z["counts"]
+                xy, ang, size, desc = z["xy"], z["angle_deg"], z["size"], z["desc"]
+        except (OSError, ValueError, KeyError) as e:
+            raise MapFeatureCacheError(f"map-feature cache {str(path)!r} is unreadable ({e}); delete the folder "
+                                       f"{str(path.parent)!r} (it is recomputed on first use)") from e
+        offsets = np.r_[0, np.cumsum(counts)]
+        for (bx, by), a, b in zip(keys, offsets[:-1], offsets[1:], strict=True):
+            self._blocks[(level, int(bx), int(by))] = Features(xy[a:b], ang[a:b], size[a:b], desc[a:b])
+
+    # -- windows --------------------------------------------------------------------------------------------------
     def window_px(self, level: int, center_e: float, center_n: float, half_m: float
                   ) -> tuple[float, float, float, float]:
         """``(x0, y0, x1, y1)``: the square of half side ``half_m`` metres around a map point in continuous pixels of
@@ -163,7 +235,7 @@ class MapFeatures:
         m2l = np.linalg.inv(_level_to_map(self.ortho, level))
         c = m2l @ np.array([center_e, center_n, 1.0])
         half_px = half_m / (self.ortho.gsd_m * 2**level)
-        h, w = self.grey(level).shape
+        h, w = self.level_shape(level)
         return (max(0.0, c[0] - half_px), max(0.0, c[1] - half_px), min(float(w), c[0] + half_px),
                 min(float(h), c[1] + half_px))
 
@@ -176,7 +248,8 @@ class MapFeatures:
                 for by in range(int(y0 // b), int(math.ceil(y1 / b))):
                     for bx in range(int(x0 // b), int(math.ceil(x1 / b))):
                         keys[(bx, by)] = None
-        f = Features.concat([self._block(level, bx, by) for bx, by in keys], self._dim, self._dtype)
+        f = Features.concat([self._block(level, bx, by) for bx, by in keys], self.matcher.desc_dim,
+                            self.matcher.desc_dtype)
         inside = np.zeros(len(f), bool)
         for x0, y0, x1, y1 in boxes:
             inside |= (f.xy[:, 0] >= x0) & (f.xy[:, 0] <= x1) & (f.xy[:, 1] >= y0) & (f.xy[:, 1] <= y1)
@@ -190,20 +263,26 @@ class MapFeatures:
 
 @dataclass
 class Query:
-    """A camera view prepared for registration: keypoints at the matching resolution.
+    """A camera view prepared for registration: keypoints at the matching resolution (and orientation).
 
-    ``scale``: matching-image pixels per view pixel (continuous coordinates: ``u' = scale*u``); ``level``: the
-    map pyramid level it is matched against; ``gsd_m``: the view's ground resolution at the image centre (metres
-    per view pixel) used to choose them; ``gsd_known``: whether it came from priors (tighter verification).
+    ``width_px``, ``height_px``: the ORIGINAL view's size; ``view_to_match`` (3×3): original view pixels ->
+    matching-image pixels (continuous coordinates; the resize to the map level's resolution, then, for a north-up
+    query, the rotation about the centre); ``match_size_px``: (W, H) of the matching image; ``level``: the map
+    pyramid level it is matched against; ``gsd_m``: the view's ground resolution at the image centre (metres per
+    view pixel) used to choose them; ``gsd_known``: whether it came from priors (tighter verification);
+    ``heading_deg``: the heading hypothesis the view was turned north-up with (compass degrees of its top edge), or
+    None when it was not rotated.
     """
 
     width_px: int
     height_px: int
     features: Features
-    scale: float
+    view_to_match: np.ndarray
     level: int
     gsd_m: float
     gsd_known: bool
+    match_size_px: tuple[int, int] = (0, 0)
+    heading_deg: float | None = None
 
 
 @dataclass
@@ -223,6 +302,10 @@ class Registration:
     homography: np.ndarray | None = None  # view pixel (u, v, 1) -> map (e, n, 1)
     candidate: int = -1  # index row of the candidate tile (or -1)
     time_s: float = 0.0
+    # The homography inliers when verified (else None): N×2 original view pixels (continuous) and N×2 map (e, n) m.
+    inlier_view_px: np.ndarray | None = field(default=None, repr=False)
+    inlier_map_en: np.ndarray | None = field(default=None, repr=False)
+    query_heading_deg: float | None = None  # the heading hypothesis the view was turned north-up with (or None)
 
     @property
     def sigma_m(self) -> float:
@@ -245,31 +328,87 @@ def expected_gsd(width_px: int, height_px: int, altitude_m: float | None, hfov_d
     return tile_size_m / min(width_px, height_px), False
 
 
+def north_up_rotation(width_px: int, height_px: int, heading_deg: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """(3×3 continuous-pixel transform, (W', H') canvas) turning an image whose top edge points at compass heading
+    ``heading_deg`` so that its top edge points north, about its centre, on a canvas that holds all of it.
+
+    Turning the top edge's heading clockwise by Δ turns the image content counter-clockwise by Δ on screen (the
+    convention of :func:`mobilegeo_ros.localizer.rotate_to_heading`): here Δ = -heading.
+    """
+    a = cv2.getRotationMatrix2D((0.0, 0.0), -heading_deg, 1.0)[:, :2]
+    c, s = abs(a[0, 0]), abs(a[0, 1])
+    w2 = int(math.ceil(c * width_px + s * height_px - 1e-6))
+    h2 = int(math.ceil(s * width_px + c * height_px - 1e-6))
+    centre, centre2 = np.array([width_px / 2.0, height_px / 2.0]), np.array([w2 / 2.0, h2 / 2.0])
+    m = np.eye(3)
+    m[:2, :2] = a
+    m[:2, 2] = centre2 - a @ centre
+    return m, (w2, h2)
+
+
+def warp_continuous(image: np.ndarray, m: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """``cv2.warpAffine`` with a 3×3 transform in continuous pixels (pixel centres at +0.5); black outside."""
+    shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    m_idx = np.linalg.inv(shift) @ m @ shift  # OpenCV's pixel centres are at integers
+    return cv2.warpAffine(image, m_idx[:2], size, flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 class Refiner:
-    """Registers camera views against an orthophoto (see the module docstring). One call at a time."""
+    """Registers camera views against an orthophoto (see the module docstring). One call at a time.
 
-    def __init__(self, ortho: Orthophoto, cfg: RefineConfig):
-        self.ortho, self.cfg = ortho, cfg
-        self.map_features = MapFeatures(ortho, cfg)
-        self.detector = make_detector(cfg.features, cfg.max_features)
-        self.matcher = make_matcher(cfg.features)
+    ``cache_dir``: folder for the map-feature cache (the localizer passes ``INDEX_DIR/map_features``); None = memory
+    only. ``map_identity``: what identifies the map for that cache (``{"sha256": ..., "settings": {...}}``); when None
+    with a cache folder, the sha256 of the orthophoto's file.
+    """
 
-    def prepare(self, image: np.ndarray, gsd_m: float, gsd_known: bool) -> Query:
-        """Resize the view to the ground resolution of the matching map level and detect its keypoints."""
-        h, w = image.shape[:2]
+    def __init__(self, ortho: Orthophoto, cfg: RefineConfig, cache_dir: str | Path | None = None,
+                 map_identity: dict | None = None):
+        self.ortho = ortho
+        self.matcher = make_matcher(cfg.matcher, cfg.ratio)
+        # refine.min_inliers 0 = the measured default of this matcher.
+        self.cfg = dataclasses.replace(cfg, min_inliers=resolved_min_inliers(cfg.matcher, cfg.min_inliers))
+        self.map_features = MapFeatures(ortho, self.cfg, self.matcher, cache_dir, map_identity)
+
+    def level_for(self, gsd_m: float) -> int:
+        """The map pyramid level a view of ``gsd_m`` metres per pixel is matched on."""
         g0 = self.ortho.gsd_m
-        level = 0 if gsd_m <= g0 else int(min(self.ortho.max_pyramid_level,
-                                              max(0, math.floor(math.log2(gsd_m / g0) + 0.25))))
+        return 0 if gsd_m <= g0 else int(min(self.ortho.max_pyramid_level,
+                                             max(0, math.floor(math.log2(gsd_m / g0) + 0.25))))
+
+    def prepare(self, image: np.ndarray, gsd_m: float, gsd_known: bool, heading_deg: float | None = None,
+                north_up: bool | None = None) -> Query:
+        """Resize the view (RGB ``H×W×3`` uint8) to the ground resolution of the matching map level, turn it
+        north-up when the matcher needs it, and detect its keypoints.
+
+        ``gsd_m``: metres per view pixel at the image centre; ``heading_deg``: hypothesis of the compass heading of
+        the view's top edge (degrees clockwise from north) or None. ``north_up``: None = rotate when the matcher is
+        not rotation invariant and a heading hypothesis is given; True/False forces it (True needs a heading).
+        """
+        h, w = image.shape[:2]
+        level = self.level_for(gsd_m)
         # Never upsample the view (no information gained); a slightly finer map level is fine for the features.
-        scale = min(1.0, gsd_m / (g0 * 2**level))
+        scale = min(1.0, gsd_m / (self.ortho.gsd_m * 2**level))
         w2, h2 = max(16, int(round(w * scale))), max(16, int(round(h * scale)))
         small = image if (w2, h2) == (w, h) else cv2.resize(image, (w2, h2), interpolation=cv2.INTER_AREA)
-        grey = equalise(small)
         # Black pixels are outside the rendered map or above the horizon: no keypoints on their edge.
         valid = (small.max(axis=2) > 0).astype(np.uint8) * 255
-        mask = None if valid.all() else cv2.erode(valid, np.ones((7, 7), np.uint8))
-        feats = detect(self.detector, grey, self.cfg.max_features, mask)
-        return Query(w, h, feats, scale=w2 / w, level=level, gsd_m=gsd_m, gsd_known=gsd_known)
+        view_to_match = np.diag([w2 / w, h2 / h, 1.0])
+        if north_up is None:
+            north_up = heading_deg is not None and not self.matcher.rotation_invariant
+        if north_up and (heading_deg is None or not math.isfinite(heading_deg)):
+            raise ValueError("prepare(north_up=True) needs a finite heading_deg")
+        size = (w2, h2)
+        if north_up:
+            rot, size = north_up_rotation(w2, h2, float(heading_deg))
+            small = warp_continuous(small, rot, size, cv2.INTER_LINEAR)
+            valid = warp_continuous(valid, rot, size, cv2.INTER_NEAREST)
+            view_to_match = rot @ view_to_match
+        grey = equalise(small)
+        k = max(3, self.matcher.context_px // 2 - 1)
+        mask = None if valid.all() else cv2.erode(valid, np.ones((k, k), np.uint8))
+        feats = self.matcher.detect(grey, self.cfg.max_features, mask)
+        return Query(w, h, feats, view_to_match=view_to_match, level=level, gsd_m=gsd_m, gsd_known=gsd_known,
+                     match_size_px=size, heading_deg=float(heading_deg) if north_up else None)
 
     def window_half_m(self, query: Query, tile_size_m: float) -> float:
         """Half side of the map window around a candidate: tile + view footprint + margin (metres)."""
@@ -294,7 +433,10 @@ class Refiner:
         lvl = query.level
         boxes = [self.map_features.window_px(lvl, e, n, half) for e, n, half, _ in windows]
         union = self.map_features.gather(lvl, boxes)
-        matches = ratio_matches(query.features, union, self.matcher, self.cfg.ratio)
+        live = [b for b in boxes if b[2] > b[0] and b[3] > b[1]] or [(0.0, 0.0, 1.0, 1.0)]
+        union_box = (min(b[0] for b in live), min(b[1] for b in live), max(b[2] for b in live),
+                     max(b[3] for b in live))
+        matches = self.matcher.match(query.features, union, query.match_size_px, union_box)
         t_match = time.perf_counter() - t0
         out = []
         for (e, n, half, row), (x0, y0, x1, y1) in zip(windows, boxes, strict=True):
@@ -306,11 +448,12 @@ class Refiner:
             wxy = union.xy[wi]
             inside = (wxy[:, 0] >= x0) & (wxy[:, 0] <= x1) & (wxy[:, 1] >= y0) & (wxy[:, 1] <= y1)
             reg = fit_and_verify(query.features, union, qi[inside], wi[inside], self.cfg,
-                                 view_to_match=np.diag([query.scale, query.scale, 1.0]),
-                                 level_to_map=_level_to_map(self.ortho, lvl),
+                                 view_to_match=query.view_to_match, level_to_map=_level_to_map(self.ortho, lvl),
                                  size_px=(query.width_px, query.height_px), expected_gsd_m=query.gsd_m,
-                                 gsd_known=query.gsd_known, yaw_prior_deg=yaw_prior_deg, window=(e, n, half))
+                                 gsd_known=query.gsd_known, yaw_prior_deg=yaw_prior_deg, window=(e, n, half),
+                                 consistency_filters=self.matcher.oriented)
             reg.candidate = row
+            reg.query_heading_deg = query.heading_deg
             reg.time_s = time.perf_counter() - t1 + (t_match if not out else 0.0)
             out.append(reg)
         return out
@@ -381,53 +524,53 @@ def _convex_quad(q: np.ndarray) -> bool:
     return all(c > 0 for c in cross) or all(c < 0 for c in cross)
 
 
-def match_and_verify(qf: Features, wf: Features, matcher, cfg: RefineConfig, view_to_match: np.ndarray,
+def match_and_verify(qf: Features, wf: Features, matcher: Matcher, cfg: RefineConfig, view_to_match: np.ndarray,
                      level_to_map: np.ndarray, size_px: tuple[int, int], expected_gsd_m: float | None,
                      gsd_known: bool, yaw_prior_deg: float | None = None,
-                     window: tuple[float, float, float] | None = None) -> Registration:
-    """Match view keypoints ``qf`` (matching-image pixels) to map keypoints ``wf`` (map-level pixels), fit the
-    homography and apply the verification rules.
+                     window: tuple[float, float, float] | None = None, match_size_px: tuple[int, int] | None = None,
+                     reference_box: tuple[float, float, float, float] | None = None) -> Registration:
+    """Match view keypoints ``qf`` (matching-image pixels) to map keypoints ``wf`` (map-level pixels) with
+    ``matcher``, fit the homography and apply the verification rules.
 
     ``view_to_match`` (3×3) maps view pixels to matching-image pixels, ``level_to_map`` (3×3) map-level pixels to
     map metres, ``size_px`` = (W, H) of the view. ``window`` = (centre e, centre n, half side m) of the searched
-    square: the registered centre must lie inside it.
+    square: the registered centre must lie inside it. ``match_size_px`` (W, H of the matching image; default the
+    view's size through ``view_to_match``) and ``reference_box`` (x0, y0, x1, y1 of the map region ``wf`` comes
+    from; default their bounding box) are what a learned matcher normalises keypoints by.
     """
-    qi, wi = ratio_matches(qf, wf, matcher, cfg.ratio)
+    if match_size_px is None:
+        match_size_px = (int(round(size_px[0] * view_to_match[0, 0])), int(round(size_px[1] * view_to_match[1, 1])))
+    if reference_box is None:
+        reference_box = ((float(wf.xy[:, 0].min()), float(wf.xy[:, 1].min()), float(wf.xy[:, 0].max()),
+                          float(wf.xy[:, 1].max())) if len(wf) else (0.0, 0.0, 1.0, 1.0))
+    qi, wi = matcher.match(qf, wf, match_size_px, reference_box)
     return fit_and_verify(qf, wf, qi, wi, cfg, view_to_match, level_to_map, size_px, expected_gsd_m, gsd_known,
-                          yaw_prior_deg, window)
-
-
-def ratio_matches(qf: Features, wf: Features, matcher, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(view indices, map indices)`` of the 2-NN matches that pass Lowe's ratio test."""
-    if len(qf) < 2 or len(wf) < 2:
-        return np.zeros(0, int), np.zeros(0, int)
-    knn = matcher.knnMatch(qf.desc, wf.desc, k=2)
-    pairs = [(m[0].queryIdx, m[0].trainIdx) for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
-    if not pairs:
-        return np.zeros(0, int), np.zeros(0, int)
-    a = np.array(pairs, int)
-    return a[:, 0], a[:, 1]
+                          yaw_prior_deg, window, consistency_filters=matcher.oriented)
 
 
 def fit_and_verify(qf: Features, wf: Features, qi: np.ndarray, wi: np.ndarray, cfg: RefineConfig,
                    view_to_match: np.ndarray, level_to_map: np.ndarray, size_px: tuple[int, int],
                    expected_gsd_m: float | None, gsd_known: bool, yaw_prior_deg: float | None = None,
-                   window: tuple[float, float, float] | None = None) -> Registration:
-    """Filter the matches ``qf[qi] <-> wf[wi]`` (orientation, scale), fit the homography, verify (see
-    :func:`match_and_verify` for the arguments)."""
+                   window: tuple[float, float, float] | None = None, consistency_filters: bool = True
+                   ) -> Registration:
+    """Filter the matches ``qf[qi] <-> wf[wi]`` (orientation and scale consistency when ``consistency_filters``:
+    only for keypoints that carry orientation and scale), fit the homography, verify (see
+    :func:`match_and_verify` for the arguments). ``cfg.min_inliers`` 0 means the matcher's measured default."""
     w, h = size_px
-    if len(qi) < max(4, cfg.min_inliers):
-        return Registration(False, f"{len(qi)} ratio-test matches < min_inliers {cfg.min_inliers}", matches=len(qi))
-    keep = _orientation_filter(wf.angle_deg[wi] - qf.angle_deg[qi], cfg.orientation_tolerance_deg)
-    # Scale consistency: the view was resized to the map level's resolution, so true matches have keypoint sizes
-    # within about an octave of the dominant size ratio.
-    log_ratio = np.log2(np.maximum(wf.size[wi], 1e-6) / np.maximum(qf.size[qi], 1e-6))
-    if keep.any():
-        keep &= np.abs(log_ratio - np.median(log_ratio[keep])) <= 1.0
-    qi, wi = qi[keep], wi[keep]
+    min_inliers = resolved_min_inliers(cfg.matcher, cfg.min_inliers)
+    if len(qi) < max(4, min_inliers):
+        return Registration(False, f"{len(qi)} matches < min_inliers {min_inliers}", matches=len(qi))
+    if consistency_filters:
+        keep = _orientation_filter(wf.angle_deg[wi] - qf.angle_deg[qi], cfg.orientation_tolerance_deg)
+        # Scale consistency: the view was resized to the map level's resolution, so true matches have keypoint
+        # sizes within about an octave of the dominant size ratio.
+        log_ratio = np.log2(np.maximum(wf.size[wi], 1e-6) / np.maximum(qf.size[qi], 1e-6))
+        if keep.any():
+            keep &= np.abs(log_ratio - np.median(log_ratio[keep])) <= 1.0
+        qi, wi = qi[keep], wi[keep]
     n_matches = len(qi)
-    if n_matches < max(4, cfg.min_inliers):
-        return Registration(False, f"{n_matches} orientation-consistent matches < min_inliers {cfg.min_inliers}",
+    if n_matches < max(4, min_inliers):
+        return Registration(False, f"{n_matches} consistent matches < min_inliers {min_inliers}",
                             matches=n_matches)
     src, dst = qf.xy[qi], wf.xy[wi]
     method = cv2.USAC_MAGSAC if cfg.ransac == "magsac" else cv2.RANSAC
@@ -455,8 +598,8 @@ def fit_and_verify(qf: Features, wf: Features, qi: np.ndarray, wi: np.ndarray, c
     sv = np.linalg.svd(jac, compute_uv=False)
     reg.gsd_m = float(math.sqrt(abs(det)))
 
-    if n_in < cfg.min_inliers:
-        reg.reason = f"{n_in} inliers < min_inliers {cfg.min_inliers}"
+    if n_in < min_inliers:
+        reg.reason = f"{n_in} inliers < min_inliers {min_inliers}"
         return reg
     if n_in < cfg.min_inlier_ratio * n_matches:
         reg.reason = f"inlier share {n_in / n_matches:.2f} < min_inlier_ratio {cfg.min_inlier_ratio:.2f}"
@@ -507,6 +650,7 @@ def fit_and_verify(qf: Features, wf: Features, qi: np.ndarray, wi: np.ndarray, c
     if s2 < cfg.sigma_floor_m**2:
         cov = cov + np.eye(2) * (cfg.sigma_floor_m**2 - s2)
     reg.cov_en = cov
+    reg.inlier_view_px, reg.inlier_map_en = src_view, dst_map
     reg.ok, reg.reason = True, f"{n_in} inliers of {n_matches} matches, rmse {rmse:.2f} m"
     return reg
 
@@ -539,34 +683,35 @@ def choose(registrations: list[Registration], cfg: RefineConfig) -> Choice:
 
 
 def register_window(image: np.ndarray, ortho: Orthophoto, center_e: float, center_n: float, window_m: float,
-                    features: str = "sift", max_features: int = 4000, ratio: float = 0.75,
+                    matcher: str = "sift", max_features: int = 4000, ratio: float = 0.75,
                     threshold_px: float = 5.0, min_inliers: int = 15) -> Registration:
     """Classic baseline: register a whole view against one map window around a prior position (no retrieval).
 
-    Keypoints of the full-resolution view and of the level-0 map window (``window_m`` metres square around
-    ``(center_e, center_n)``), ratio test, ``cv2.RANSAC`` homography; accepted with ``min_inliers`` inliers and a
-    proper (unmirrored, unfolded) footprint. No scale, orientation or prior-based checks: this is what a plain
-    SIFT/ORB pipeline does.
+    Keypoints (``matcher``, see :mod:`.matchers`) of the full-resolution view and of the level-0 map window
+    (``window_m`` metres square around ``(center_e, center_n)``), the matcher's matching (ratio test for the OpenCV
+    ones), ``cv2.RANSAC`` homography; accepted with ``min_inliers`` inliers and a proper (unmirrored, unfolded)
+    footprint. No scale, orientation or prior-based checks: this is what a plain SIFT/ORB pipeline does.
     """
     t0 = time.perf_counter()
-    cfg = RefineConfig(features=features, ratio=ratio, ransac="ransac", ransac_threshold_px=threshold_px,
+    cfg = RefineConfig(matcher=matcher, ratio=ratio, ransac="ransac", ransac_threshold_px=threshold_px,
                        min_inliers=min_inliers, min_inlier_ratio=0.0, min_inlier_spread=0.0,
                        max_scale_ratio=1e6, max_anisotropy=1e6, orientation_tolerance_deg=0.0, sigma_scale=1.0,
                        sigma_floor_m=0.0, max_features=max_features)
-    det = make_detector(features, max_features)
+    m = make_matcher(matcher, ratio)
     half_px = 0.5 * window_m / ortho.gsd_m
     c, r = ortho.map_to_pixel(center_e, center_n)
     x0, x1 = int(max(0, c - half_px)), int(min(ortho.width, c + half_px))
     y0, y1 = int(max(0, r - half_px)), int(min(ortho.height, r + half_px))
-    wf = detect(det, cv2.cvtColor(ortho.rgb[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY), max_features)
+    wf = m.detect(cv2.cvtColor(ortho.rgb[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY), max_features)
     wf.xy += (x0, y0)
-    qf = detect(det, cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), max_features)
-    reg = match_and_verify(qf, wf, make_matcher(features), cfg, np.eye(3), _level_to_map(ortho, 0),
-                           (image.shape[1], image.shape[0]), None, False)
+    qf = m.detect(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), max_features)
+    reg = match_and_verify(qf, wf, m, cfg, np.eye(3), _level_to_map(ortho, 0), (image.shape[1], image.shape[0]),
+                           None, False, match_size_px=(image.shape[1], image.shape[0]),
+                           reference_box=(float(x0), float(y0), float(x1), float(y1)))
     reg.time_s = time.perf_counter() - t0
     return reg
 
 
-__all__ = ["Choice", "Features", "MapFeatures", "Query", "Refiner", "Registration", "centre_covariance", "choose",
-           "detect", "equalise", "expected_gsd", "fit_and_verify", "make_detector", "make_matcher", "match_and_verify",
-           "ratio_matches", "register_window"]
+__all__ = ["Choice", "Features", "MAP_FEATURE_CACHE_FORMAT", "MapFeatureCacheError", "MapFeatures", "Query",
+           "Refiner", "Registration", "centre_covariance", "choose", "equalise", "expected_gsd", "fit_and_verify",
+           "fingerprint_differences", "match_and_verify", "north_up_rotation", "register_window", "warp_continuous"]

@@ -9,7 +9,6 @@ that image retrieval and local feature matching have distinctive structure at ev
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -18,6 +17,7 @@ import rasterio
 from affine import Affine
 
 from mobilegeo_ros.geo.raster import GeoError
+from mobilegeo_ros.util.files import atomic_path
 
 _BANDS = (1, 3, 4, 8)
 _DTYPES = ("uint8", "uint16", "float32")
@@ -167,16 +167,10 @@ def write_synthetic_geotiff(path: str | Path, width_px: int = 1024, height_px: i
     else:
         out = data.astype(np.float32)
     transform = Affine(gsd_m, 0.0, origin_e, 0.0, -gsd_m, origin_n)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", driver="GTiff", width=width_px, height=height_px, count=bands, dtype=dtype,
                            crs=crs, transform=transform, compress="deflate", tiled=True) as dst:
             dst.write(out)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from mobilegeo_ros.config import IndexConfig
 from mobilegeo_ros.geo.raster import GeoError, Orthophoto
 
 
@@ -119,8 +120,16 @@ def cut_tile(ortho: Orthophoto, spec: TileSpec, out_px: int, rotation_deg: float
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
 
 
+def gallery_rotations(index_cfg: IndexConfig) -> list[float]:
+    """Rotations (degrees clockwise from north) of the gallery copies of every tile: ``index_cfg.rotations``
+    evenly spaced headings from 0 for ``heading == "gallery_rotations"``, else just 0 (north-up tiles)."""
+    if index_cfg.heading == "gallery_rotations":
+        return [360.0 * i / index_cfg.rotations for i in range(index_cfg.rotations)]
+    return [0.0]
+
+
 def _shift(d: float) -> np.ndarray:
     return np.array([[1.0, 0.0, d], [0.0, 1.0, d], [0.0, 0.0, 1.0]])
 
 
-__all__ = ["TileSpec", "cut_tile", "pick_level", "tile_grid"]
+__all__ = ["TileSpec", "cut_tile", "gallery_rotations", "pick_level", "tile_grid"]

@@ -29,13 +29,19 @@ import faiss
 import numpy as np
 
 from mobilegeo_ros.config import ConfigError, IndexConfig
+from mobilegeo_ros.index.facts import (  # the errors and file names are re-exported here for callers
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    IndexFacts,
+    IndexFileError,
+    IndexMismatchError,
+)
 from mobilegeo_ros.model.base import fingerprint
 
 log = logging.getLogger(__name__)
 
-FORMAT = "mobilegeo_ros.tile_index"
-FORMAT_VERSION = 1
-INDEX_FILE, TILES_FILE, META_FILE = "index.faiss", "tiles.npz", "index.json"
+INDEX_FILE, TILES_FILE = "index.faiss", "tiles.npz"
 FILES = (INDEX_FILE, TILES_FILE, META_FILE)
 
 # Column name -> dtype. Units: size_m metres (tile side on the ground), rotation_deg degrees clockwise from north
@@ -56,14 +62,6 @@ MIN_POINTS_PER_LIST = 39
 TRAIN_POINTS_PER_LIST = 64
 REBUILD_HINT = ("rebuild the index with this model: `mobilegeo build-index` (or point model.weights / "
                 "model.input_px / model.gem_p at what the index was built with)")
-
-
-class IndexFileError(ValueError):
-    """An index directory or one of its files is missing, truncated, corrupt or inconsistent (message names it)."""
-
-
-class IndexMismatchError(ValueError):
-    """The index was built with a different model than the one running (message says what differs)."""
 
 
 def identity_differences(index_identity: Mapping, model_identity: Mapping) -> list[str]:
@@ -157,6 +155,7 @@ class TileIndex:
         self.config = dataclasses.replace(config)
         self.kind = kind
         self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.index_dir: Path | None = None  # where it was loaded from (None: built in memory)
         lengths = {name: len(col) for name, col in self.columns.items()}
         if set(lengths.values()) != {index.ntotal}:
             raise ValueError(f"TileIndex: column lengths {lengths} must all equal the number of vectors "
@@ -228,6 +227,11 @@ class TileIndex:
     def rotations_per_tile(self) -> int:
         """Largest number of rows (rotated copies) of any one tile."""
         return int(np.unique(self.columns["tile_id"], return_counts=True)[1].max()) if self.ntotal else 0
+
+    @property
+    def facts(self) -> IndexFacts:
+        """What this index records about itself (:class:`~mobilegeo_ros.index.facts.IndexFacts`)."""
+        return IndexFacts.from_metadata(self.metadata(), self.index_dir or Path("<in memory>"))
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set IVF ``nprobe`` and/or HNSW ``efSearch`` (ignored for other kinds)."""
@@ -357,26 +361,8 @@ class TileIndex:
         for name in FILES:
             if not (d / name).is_file():
                 raise IndexFileError(f"index file {str(d / name)!r} is missing; rebuild the index")
-        meta_path = d / META_FILE
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise IndexFileError(f"index file {str(meta_path)!r} is not valid JSON (truncated or corrupt): {e}") \
-                from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise IndexFileError(f"index file {str(meta_path)!r} is not a mobilegeo_ros tile index")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise IndexFileError(f"index file {str(meta_path)!r}: format version {meta.get('format_version')!r} is "
-                                 f"not supported (this software reads {FORMAT_VERSION}); rebuild the index")
-        try:
-            identity, crs_wkt, map_info = meta["identity"], meta["crs_wkt"], meta["map"]
-            kind, counts = meta["kind"], meta["counts"]
-            cfg = IndexConfig(**meta["config"])
-        except (KeyError, TypeError) as e:
-            raise IndexFileError(f"index file {str(meta_path)!r} lacks or has a malformed entry: {e}") from None
-        if fingerprint(identity) != meta.get("fingerprint"):
-            raise IndexFileError(f"index file {str(meta_path)!r}: the model fingerprint does not match the stored "
-                                 "identity (file edited or corrupt); rebuild the index")
+        facts = IndexFacts.read(d)
+        identity, counts = facts.identity, facts.counts
         if expected_identity is not None:
             diffs = identity_differences(identity, expected_identity)
             if diffs:
@@ -408,12 +394,15 @@ class TileIndex:
         bad = {name: len(col) for name, col in columns.items() if len(col) != index.ntotal}
         if bad:
             raise IndexFileError(f"index file {str(tiles_path)!r}: columns {bad} do not have {index.ntotal} rows")
-        return cls(index, columns, identity, crs_wkt, map_info, cfg, kind, created=meta.get("created"))
+        loaded = cls(index, columns, identity, facts.crs_wkt, facts.map_info, facts.config, facts.kind,
+                     created=facts.created)
+        loaded.index_dir = d
+        return loaded
 
     def __repr__(self) -> str:
         return (f"TileIndex(kind={self.kind!r}, vectors={self.ntotal}, dim={self.dim}, "
                 f"model={self.identity.get('model')!r}, fingerprint={self.fingerprint[:12]})")
 
 
-__all__ = ["COLUMNS", "FILES", "FORMAT_VERSION", "IndexFileError", "IndexMismatchError", "TileIndex",
-           "group_by_tile", "identity_differences"]
+__all__ = ["COLUMNS", "FILES", "FORMAT", "FORMAT_VERSION", "META_FILE", "IndexFileError", "IndexMismatchError",
+           "TileIndex", "group_by_tile", "identity_differences"]

@@ -9,12 +9,15 @@ three channels), ``mono16`` / ``16UC1`` (scaled to 8 bit by ``round(v / 257)``, 
 ``is_bigendian`` honoured). Rows may be padded (``step >= width * bytes_per_pixel``). Compressed: JPEG and PNG through
 ``cv2.imdecode``; the image size is read from the header first, so a decompression bomb is refused before decoding.
 
+:func:`read_image_file` reads an image file (the CLI's inputs) with the same checks.
+
 Every problem raises :class:`ImageDecodeError` (a ``ValueError``) naming the field and the reason.
 """
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -219,6 +222,27 @@ def decode_compressed(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS)
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
+def read_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image file → ``H×W×3`` uint8 RGB. JPEG and PNG go through :func:`decode_compressed` (header size and
+    truncation checked before decoding); other formats OpenCV reads (TIFF, BMP, ...) through ``cv2.imread``.
+    Raises :class:`ImageDecodeError` naming the file when it is missing, corrupt or unsupported."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"image {str(path)!r} does not exist")
+    data = path.read_bytes()
+    if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
+        try:
+            return decode_compressed(path.suffix, data, max_pixels)
+        except ImageDecodeError as e:
+            raise ImageDecodeError(f"image {str(path)!r}: {e}") from None
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise ImageDecodeError(f"image {str(path)!r} is not a readable image (corrupt or unsupported format)")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
 def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> dict[str, Any]:
     """``H×W×3`` uint8 RGB -> CompressedImage fields ``{"format", "data"}`` (JPEG or PNG), for tests and tools."""
     import cv2
@@ -235,5 +259,5 @@ def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "ImageDecodeError", "SUPPORTED_ENCODINGS", "bytes_per_pixel", "compressed_kind",
-    "decode_compressed", "decode_image", "encode_compressed", "encode_image",
+    "decode_compressed", "decode_image", "encode_compressed", "encode_image", "read_image_file",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 
 from mobilegeo_ros.config import ModelConfig
 from mobilegeo_ros.model.base import EmbeddingModel, ModelError
+from mobilegeo_ros.util.files import atomic_write_text
 
 
 @dataclass
@@ -64,7 +65,7 @@ def _student_variants(base: ModelConfig, threads: int, max_batch: int) -> list[V
 def _teacher_variants(threads: int, max_batch: int) -> list[Variant]:
     import torch
 
-    from mobilegeo_ros.model.teacher import OpenNsfwTeacher
+    from mobilegeo_ros.model.baseline_resnet50 import OpenNsfwTeacher
 
     out = [Variant("teacher open_nsfw_resnet50_thin", "onnxruntime", "cpu", "fp32",
                    make=lambda: OpenNsfwTeacher(threads, max_batch, "cpu"))]
@@ -77,7 +78,7 @@ def _teacher_variants(threads: int, max_batch: int) -> list[Variant]:
 def _model_size(model: EmbeddingModel) -> tuple[int | None, int | None]:
     """(FLOPs per image, parameters) of a loaded model, whatever its backend."""
     from mobilegeo_ros.model.flops import onnx_flops, onnx_params
-    from mobilegeo_ros.model.teacher import OpenNsfwTeacher
+    from mobilegeo_ros.model.baseline_resnet50 import OpenNsfwTeacher
 
     if isinstance(model, OpenNsfwTeacher):
         return onnx_flops(model.onnx_path, (1, model.input_px, model.input_px, 3)), onnx_params(model.onnx_path)
@@ -202,10 +203,7 @@ def format_table(result: dict) -> str:
 def write_json(result: dict, path: Path) -> Path:
     """Write ``result`` to ``path`` atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=2))
     return path
 
 

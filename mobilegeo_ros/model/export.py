@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mobilegeo_ros.config import Config, ModelConfig
 from mobilegeo_ros.model.base import ModelError
-from mobilegeo_ros.model.onnx_backend import INPUT_NAME, OPSET, OUTPUT_NAME, atomic_write_bytes, sidecar_path, write_onnx
+from mobilegeo_ros.model.onnx_backend import INPUT_NAME, OPSET, OUTPUT_NAME, sidecar_path, write_onnx
+from mobilegeo_ros.util.files import atomic_write_bytes
 
 FORMATS = ("onnx", "tensorrt")
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,7 +18,8 @@ import numpy as np
 
 from mobilegeo_ros.config import ModelConfig
 from mobilegeo_ros.model.base import EmbeddingModel, ModelError
-from mobilegeo_ros.model.weights import file_sha256, resolve_default_weights
+from mobilegeo_ros.model.weights import resolve_default_weights
+from mobilegeo_ros.util.files import atomic_path, atomic_write_bytes, cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -29,30 +28,6 @@ EXPORT_VERSION = 2
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
-
-
-def cache_dir() -> Path:
-    """Folder for exported ONNX models (see module docstring)."""
-    env = os.environ.get("MOBILEGEO_CACHE_DIR")
-    if env:
-        return Path(env) / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mobilegeo_ros" / "onnx"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_onnx(model_cfg: ModelConfig, out_dir: Path | None = None) -> tuple[Path, dict]:
@@ -68,7 +43,7 @@ def export_onnx(model_cfg: ModelConfig, out_dir: Path | None = None) -> tuple[Pa
                           "input_px": model_cfg.input_px, "gem_p": model_cfg.gem_p, "export": EXPORT_VERSION,
                           "opset": OPSET}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    folder = Path(out_dir) if out_dir is not None else cache_dir()
+    folder = Path(out_dir) if out_dir is not None else cache_dir("onnx")
     onnx_path = folder / f"{model_cfg.name}-{key}.onnx"
     meta_path = onnx_path.with_suffix(".json")
     if onnx_path.is_file() and meta_path.is_file():
@@ -101,10 +76,7 @@ def write_onnx(module, path: Path, input_px: int, opset: int = OPSET) -> Path:
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         module = module.float().cpu().eval()
         dummy = torch.zeros(1, 3, input_px, input_px, dtype=torch.float32)
         # The TorchScript exporter (dynamo=False) on purpose: one static graph, no onnxscript dependency, and
@@ -114,25 +86,19 @@ def write_onnx(module, path: Path, input_px: int, opset: int = OPSET) -> Path:
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*will be removed.*")
-            torch.onnx.export(module, (dummy,), tmp, dynamo=False, opset_version=opset,
+            torch.onnx.export(module, (dummy,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         # The exporter leaves the embedding width symbolic (it comes out of the L2-normalising Div); state it, so
         # consumers (TensorRT profiles, checks) see a static B×D output.
         with torch.no_grad():
             dim = int(module(dummy).shape[1])
-        graph = onnx.load(tmp)
+        graph = onnx.load(str(tmp))
         out_dims = graph.graph.output[0].type.tensor_type.shape.dim
         out_dims[1].Clear()
         out_dims[1].dim_value = dim
         onnx.checker.check_model(graph)
-        onnx.save(graph, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        onnx.save(graph, str(tmp))
     return path
 
 
@@ -211,5 +177,5 @@ class OnnxRuntimeModel(EmbeddingModel):
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
-__all__ = ["EXPORT_VERSION", "INPUT_NAME", "OPSET", "OUTPUT_NAME", "OnnxRuntimeModel", "cache_dir", "export_onnx",
+__all__ = ["EXPORT_VERSION", "INPUT_NAME", "OPSET", "OUTPUT_NAME", "OnnxRuntimeModel", "export_onnx",
            "read_sidecar", "sidecar_path", "write_onnx"]

@@ -23,16 +23,9 @@ import numpy as np
 
 from mobilegeo_ros.config import Config, ModelConfig
 from mobilegeo_ros.model.base import EmbeddingModel, ModelError
-from mobilegeo_ros.model.onnx_backend import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    atomic_write_bytes,
-    cache_dir,
-    export_onnx,
-    read_sidecar,
-    sidecar_path,
-)
+from mobilegeo_ros.model.onnx_backend import INPUT_NAME, OUTPUT_NAME, export_onnx, read_sidecar, sidecar_path
 from mobilegeo_ros.model.preprocess import preprocess
+from mobilegeo_ros.util.files import atomic_write_bytes, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +131,8 @@ def calibration_batches(map_path: Path, cfg: Config, n_images: int = 256, batch_
     """
     from mobilegeo_ros.geo.raster import read_orthophoto
     from mobilegeo_ros.geo.render import CameraModel, photometric, random_poses, render_view
-    from mobilegeo_ros.geo.tiles import cut_tile, tile_grid
-    from mobilegeo_ros.index.build import gallery_rotations
-    from mobilegeo_ros.localizer import center_square
+    from mobilegeo_ros.geo.imageops import center_square
+    from mobilegeo_ros.geo.tiles import cut_tile, gallery_rotations, tile_grid
 
     if batch_size < 1 or n_images < batch_size:
         raise ValueError(f"calibration: need n_images >= batch_size >= 1, got {n_images} and {batch_size}")
@@ -297,7 +289,7 @@ class TensorRTModel(EmbeddingModel):
             onnx_path, identity = export_onnx(ModelConfig(**{**vars(cfg), "device": "cpu", "precision": "fp32"}))
             key = hashlib.sha256(json.dumps([onnx_path.name, cfg.precision, trt.__version__,
                                              torch.cuda.get_device_name(self.device)]).encode()).hexdigest()[:24]
-            self.engine_path = cache_dir().parent / "tensorrt" / f"{cfg.name}-{key}.engine"
+            self.engine_path = cache_dir("tensorrt") / f"{cfg.name}-{key}.engine"
             if not (self.engine_path.is_file() and sidecar_path(self.engine_path).is_file()):
                 log.info("building a %s TensorRT engine from %s (minutes on a Jetson)", cfg.precision, onnx_path)
                 build_engine(onnx_path, self.engine_path, cfg.precision, max_batch=int(cfg.batch_size),

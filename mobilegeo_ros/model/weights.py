@@ -10,12 +10,12 @@ import hashlib
 import importlib.util
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mobilegeo_ros.model.base import ModelError
+from mobilegeo_ros.util.files import atomic_path, file_sha256  # noqa: F401  file_sha256: re-exported for callers
 
 if TYPE_CHECKING:  # torch is imported lazily so that a cached ONNX model starts without importing it
     import torch
@@ -148,15 +148,6 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Write a state dict to a ``.safetensors`` file atomically (temp file in the same folder, fsync, rename)."""
     from safetensors.torch import save_file
@@ -164,17 +155,8 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> Path:
     p = Path(path)
     if p.suffix != ".safetensors":
         raise ModelError(f"weights file {str(p)!r}: use the .safetensors extension")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
     return p
 
 

@@ -45,12 +45,16 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, 
 from std_msgs.msg import Float64
 
 from mobilegeo_ros import config as config_mod
+from mobilegeo_ros.estimator.status import FixStatus
 from mobilegeo_ros.ros.pipeline import (
     STALE, UNKNOWN_VARIANCE, Frame, LatestMailbox, LocalizationPipeline, Output, PriorState, Stats, diagnostic_level,
     heading_to_quaternion,
 )
 
 NODE_NAME = "localize_node"
+#: 1-sigma of a heading measured by a map registration or a track from one (degrees; registered headings agree with
+#: the true heading to about a degree on the dgsamples views, docs/tracker.md).
+HEADING_SIGMA_REGISTERED_DEG = 3.0
 _INT_MAX = 2**63 - 1
 _LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
                 3: DiagnosticStatus.STALE}
@@ -311,7 +315,7 @@ class LocalizeNode(Node):
 
     def _publish(self, out: Output) -> None:
         self.pub_fix.publish(self._navsatfix(out))
-        if out.status == "fix":
+        if out.status.is_fix:
             self.pub_pose.publish(self._pose(out))
             if out.vel_en is not None:
                 self.pub_vel.publish(self._twist(out))
@@ -329,7 +333,7 @@ class LocalizeNode(Node):
         msg.header.stamp = out.frame.stamp
         msg.header.frame_id = out.frame.frame_id
         msg.status.service = 0  # no satellite system: the position comes from the camera
-        if out.status != "fix":
+        if not out.status.is_fix:
             msg.status.status = NavSatStatus.STATUS_NO_FIX
             msg.latitude = msg.longitude = msg.altitude = math.nan
             msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
@@ -361,9 +365,12 @@ class LocalizeNode(Node):
         o = msg.pose.pose.orientation
         if out.heading_deg is not None and math.isfinite(out.heading_deg):
             o.x, o.y, o.z, o.w = heading_to_quaternion(out.heading_deg)
-            # heading quantised to the gallery rotation step: uniform error over one step
-            step = math.radians(360.0 / max(self.cfg.index.rotations, 1))
-            cov[35] = step**2 / 12.0
+            if out.status in (FixStatus.VERIFIED, FixStatus.TRACKED):
+                cov[35] = math.radians(HEADING_SIGMA_REGISTERED_DEG) ** 2  # measured on the map
+            else:
+                # heading quantised to the gallery rotation step: uniform error over one step
+                step = math.radians(360.0 / max(self.cfg.index.rotations, 1))
+                cov[35] = step**2 / 12.0
         else:
             o.x, o.y, o.z, o.w = 0.0, 0.0, 0.0, 1.0
             cov[35] = UNKNOWN_VARIANCE
@@ -421,6 +428,9 @@ class LocalizeNode(Node):
             "frames_rejected": str(snap["rejected"]),
             "frames_failed": str(snap["errors"]),
             "fixes": str(snap["fixes"]),
+            "fixes_verified": str(snap["by_status"].get("verified", 0)),
+            "fixes_tracked": str(snap["by_status"].get("tracked", 0)),
+            "fixes_retrieval": str(snap["by_status"].get("retrieval", 0)),
             "no_fixes": str(snap["no_fixes"]),
             "filter_rejected": str(snap["filter_rejected"]),
             "prior_errors": str(snap["prior_errors"]),
@@ -450,6 +460,8 @@ class LocalizeNode(Node):
         if self.worker is not None:
             self.worker.join(timeout=10.0)
             self.worker = None
+        if self.pipeline is not None:
+            self.pipeline.close()
         for b in self.bridges:
             b.close()
         self.bridges = []

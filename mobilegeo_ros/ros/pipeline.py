@@ -7,9 +7,8 @@ publishes what comes back, so the logic here is testable without ROS:
   picked up in time is replaced (and counted as dropped), so nothing queues without bound.
 * :class:`PriorState`: the latest IMU attitude, altitude and GNSS prior, each ignored once older than
   ``node.prior_timeout_s``.
-* :class:`LocalizationPipeline`: decode -> embed (once per frame, cached in the window) -> sliding window ->
-  :func:`mobilegeo_ros.msrm.select_views` -> :meth:`Localizer.localize_embeddings` (with the newest image for the
-  geometric refinement on every ``refine.every_n_frames``-th frame) -> Kalman filter -> :class:`Output`.
+* :class:`LocalizationPipeline`: decode -> :class:`mobilegeo_ros.tracker.Tracker` (the core: tracking, keyframes,
+  status, pose, filter; the same code ``mobilegeo localize``, the demo and replay run) -> :class:`Output`.
 * :class:`Stats` and :func:`diagnostic_level`: counters and the OK/WARN/ERROR/STALE decision of ``/diagnostics``.
 
 IMU convention (REP-103): ``sensor_msgs/Imu.orientation`` rotates the body frame FLU (x forward, y left, z up) into
@@ -22,7 +21,6 @@ left, i.e. camera ``pitch_deg = -pitch`` and ``roll_deg = -roll`` in the geo.ren
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 import time
@@ -34,11 +32,9 @@ from typing import Any
 import numpy as np
 
 from mobilegeo_ros.config import Config
-from mobilegeo_ros.estimator.kalman import ConstantVelocityFilter
-from mobilegeo_ros.geo.enu import LocalENU
-from mobilegeo_ros.io import FlightStackFix
 from mobilegeo_ros.io.images import ImageDecodeError, decode_compressed, decode_image
-from mobilegeo_ros.msrm import select_views
+from mobilegeo_ros.localizer import Priors
+from mobilegeo_ros.tracker import TrackResult, Tracker
 
 #: Variance (m²) published for an unknown coordinate (altitude without a prior, yaw without a heading).
 UNKNOWN_VARIANCE = 1.0e6
@@ -167,10 +163,8 @@ class PriorState:
                 radius += 3.0 * math.sqrt(max(cov_diag))
             self._gnss = (t, float(lat), float(lon), radius)
 
-    def priors(self, now: float | None = None):
+    def priors(self, now: float | None = None) -> Priors:
         """The :class:`mobilegeo_ros.localizer.Priors` valid at ``now`` (monotonic seconds)."""
-        from mobilegeo_ros.localizer import Priors
-
         now = time.monotonic() if now is None else now
         fresh = self.node.prior_timeout_s
         p = Priors()
@@ -212,6 +206,7 @@ class Stats:
     last_status: str = ""
     last_reason: str = ""
     window: int = 0
+    by_status: dict = field(default_factory=dict)  # published results per FixStatus value
     latencies_s: deque = field(default_factory=lambda: deque(maxlen=100))
     receipts_s: deque = field(default_factory=lambda: deque(maxlen=200))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -245,7 +240,7 @@ class Stats:
                 "filter_rejected": self.filter_rejected, "prior_errors": self.prior_errors,
                 "last_error": self.last_error, "last_error_s": self.last_error_s, "last_image_s": self.last_image_s,
                 "last_score": self.last_score, "last_status": self.last_status, "last_reason": self.last_reason,
-                "window": self.window,
+                "window": self.window, "by_status": dict(self.by_status),
                 "latency_last_ms": 1e3 * lat[-1] if len(lat) else math.nan,
                 "latency_mean_ms": 1e3 * lat.mean() if len(lat) else math.nan,
                 "latency_p99_ms": 1e3 * float(np.percentile(lat, 99)) if len(lat) else math.nan,
@@ -278,65 +273,20 @@ def diagnostic_level(snap: dict[str, Any], prev: dict[str, Any] | None, now: flo
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The pipeline
+# The pipeline: decode, then the core tracker
 
-
-@dataclass
-class Output:
-    """One result, ready to publish. ``status``: ``fix`` / ``no_fix``. Positions: WGS84 degrees, ENU metres in the
-    ``map`` frame; covariances m² (position, ENU 2×2) and m²/s² (velocity); ``alt_m`` NaN when unknown."""
-
-    frame: Frame
-    status: str
-    reason: str
-    lat: float = math.nan
-    lon: float = math.nan
-    alt_m: float = math.nan
-    e: float = math.nan
-    n: float = math.nan
-    u: float = math.nan
-    cov_en: np.ndarray = field(default_factory=lambda: np.full((2, 2), math.nan))
-    vel_en: np.ndarray | None = None
-    vel_cov: np.ndarray | None = None
-    heading_deg: float | None = None
-    score: float = math.nan
-    latency_s: float = 0.0
-    views_used: int = 0
-    filter_event: str = ""
-
-    def flight_stack_fix(self, cfg: Config) -> FlightStackFix:
-        """The value the NMEA/MAVLink bridges send."""
-        valid = self.status == "fix"
-        se = math.sqrt(self.cov_en[0, 0]) if valid else 0.0
-        sn = math.sqrt(self.cov_en[1, 1]) if valid else 0.0
-        ve = vn = sv = None
-        if valid and self.vel_en is not None:
-            ve, vn = float(self.vel_en[0]), float(self.vel_en[1])
-            sv = math.sqrt(max(self.vel_cov[0, 0], self.vel_cov[1, 1])) if self.vel_cov is not None else None
-        return FlightStackFix(
-            stamp_s=self.frame.stamp_s, valid=valid, lat=self.lat if valid else 0.0, lon=self.lon if valid else 0.0,
-            alt_m=self.alt_m if valid and math.isfinite(self.alt_m) else None, sigma_east_m=se, sigma_north_m=sn,
-            vel_east_mps=ve, vel_north_mps=vn, sigma_vel_mps=sv,
-            heading_deg=self.heading_deg if valid else None, satellites=cfg.node.satellites_reported)
+#: One published result: the core tracker's, with the node's :class:`Frame` attached as ``frame``.
+Output = TrackResult
 
 
 class LocalizationPipeline:
-    """decode -> embed -> window -> select_views -> localize -> Kalman filter. One thread calls :meth:`process`."""
+    """decode -> :meth:`mobilegeo_ros.tracker.Tracker.process` (the same path as ``mobilegeo localize``, the demo
+    and replay) -> :class:`Output`, counted in :attr:`stats`. One thread calls :meth:`process`."""
 
     def __init__(self, localizer, cfg: Config, stats: Stats | None = None):
         self.loc, self.cfg = localizer, cfg
         self.stats = stats or Stats()
-        self.enu = LocalENU(localizer.origin_lat, localizer.origin_lon, cfg.node.ground_alt_m)
-        self.window: deque[tuple[float, np.ndarray, np.ndarray]] = deque()  # (stamp_s, embedding, image)
-        self.filter = self._new_filter()
-        self._registered_heading: tuple[float, float] | None = None  # (stamp s, compass deg) of the last registration
-        self.needs_images = cfg.index.heading == "query_rotations"
-        self.frames = 0  # frames localized so far (selects the ones that are refined)
-
-    def _new_filter(self) -> ConstantVelocityFilter:
-        n = self.cfg.node
-        return ConstantVelocityFilter(accel_psd=n.filter_accel_psd, gate_probability=n.filter_gate_probability,
-                                      max_rejections=n.filter_max_rejections, max_gap_s=n.filter_max_gap_s)
+        self.tracker = Tracker(localizer, cfg, background=cfg.node.keyframes_in_background)
 
     def decode(self, frame: Frame) -> np.ndarray:
         """The frame's RGB image; raises ImageDecodeError."""
@@ -345,16 +295,8 @@ class LocalizationPipeline:
             return decode_compressed(frame.fields["format"], frame.fields["data"], max_pixels=maxpx)
         return decode_image(**frame.fields, max_pixels=maxpx)
 
-    def _update_window(self, stamp_s: float, emb: np.ndarray, image: np.ndarray) -> None:
-        node = self.cfg.node
-        if self.window and stamp_s < self.window[-1][0]:
-            self.window.clear()  # time went backwards (bag loop, clock reset): the old views are from elsewhere
-        self.window.append((stamp_s, emb, image if self.needs_images else None))
-        if node.window_s > 0:
-            while self.window and stamp_s - self.window[0][0] > node.window_s:
-                self.window.popleft()
-        while len(self.window) > node.window_size:
-            self.window.popleft()
+    def close(self) -> None:
+        self.tracker.close()
 
     def process(self, frame: Frame, priors=None) -> Output | None:
         """Localize one frame. Returns None when the frame was rejected (undecodable) or the backend failed; both
@@ -368,26 +310,8 @@ class LocalizationPipeline:
         if not math.isfinite(frame.stamp_s):
             self.stats.note_error("rejected", f"header stamp is not finite: {frame.stamp_s}")
             return None
-        priors = self._with_heading_feedback(frame.stamp_s, priors)
         try:
-            emb = self.loc.embed([image])[0]
-            if not np.all(np.isfinite(emb)):
-                # A device fault (e.g. an fp16 overflow) gave NaN/inf: drop this frame only; kept in the window it
-                # would poison every fused query until it ages out.
-                raise FloatingPointError("the model returned a non-finite embedding")
-            self._update_window(frame.stamp_s, emb, image)
-            stack = np.stack([w[1] for w in self.window])
-            idx = select_views(stack, self.cfg.node.max_views, self.cfg.node.max_view_similarity)
-            every = self.cfg.refine.every_n_frames
-            refine = self.cfg.refine.enabled and every > 0 and self.frames % every == 0
-            self.frames += 1
-            if self.needs_images:
-                fix = self.loc.localize([self.window[i][2] for i in idx], priors, refine=refine)
-            else:
-                fix = self.loc.localize_embeddings(stack[idx], priors, image=image if refine else None)
-            out = self._to_output(frame, fix, priors)
-            if fix.status == "fix" and getattr(fix, "refined", False) and fix.registered_heading_deg is not None:
-                self._registered_heading = (frame.stamp_s, float(fix.registered_heading_deg))
+            out = self.tracker.process(image, frame.stamp_s, priors, frame=frame)
         except Exception as e:  # noqa: BLE001 - a backend failure must not kill the node; it is counted and shown
             self.stats.note_error("errors", f"{type(e).__name__}: {e} "
                                             f"({traceback.extract_tb(e.__traceback__)[-1].name})")
@@ -395,11 +319,12 @@ class LocalizationPipeline:
         out.latency_s = time.perf_counter() - t0
         with self.stats.lock:
             self.stats.processed += 1
-            self.stats.window = len(self.window)
+            self.stats.window = len(self.tracker.window)
             self.stats.latencies_s.append(out.latency_s)
             self.stats.last_score = out.score
-            self.stats.last_status, self.stats.last_reason = out.status, out.reason
-            if out.status == "fix":
+            self.stats.last_status, self.stats.last_reason = out.status.value, out.reason
+            self.stats.by_status[out.status.value] = self.stats.by_status.get(out.status.value, 0) + 1
+            if out.status.is_fix:
                 self.stats.fixes += 1
             else:
                 self.stats.no_fixes += 1
@@ -407,71 +332,8 @@ class LocalizationPipeline:
                 self.stats.filter_rejected += 1
         return out
 
-    def _with_heading_feedback(self, stamp_s: float, priors):
-        """Priors for this frame, with the heading registered on a recent frame as the yaw prior when none is known.
-
-        The registration measures the heading to about a degree; a drone turns slowly compared with the frame rate,
-        so that heading bounds the next frames' search (gallery rotations within half a step, registration
-        verification) until ``node.heading_feedback_s`` has passed by the frames' stamps. A wrong heading is not
-        self-sustaining: candidates that contradict it fail verification, so no new heading is registered and the
-        prior expires.
-        """
-        from mobilegeo_ros.localizer import Priors
-
-        reg = self._registered_heading
-        window = self.cfg.node.heading_feedback_s
-        if reg is None or window <= 0 or not 0.0 <= stamp_s - reg[0] <= window:
-            return priors
-        priors = priors if priors is not None else Priors()
-        if priors.finite("yaw_deg") is not None:
-            return priors
-        return dataclasses.replace(priors, yaw_deg=reg[1])
-
-    def _to_output(self, frame: Frame, fix, priors) -> Output:
-        alt_prior = None if priors is None else priors.finite("altitude_m")
-        out = Output(frame=frame, status=fix.status, reason=fix.reason, score=float(fix.score),
-                     heading_deg=fix.heading_deg, views_used=fix.views_used)
-        if alt_prior is not None:
-            out.alt_m = alt_prior + self.cfg.node.ground_alt_m
-        if fix.status != "fix":
-            return out
-        cov = np.asarray(fix.cov_en, float).reshape(2, 2)
-        if not np.all(np.isfinite(cov)) or np.linalg.eigvalsh(0.5 * (cov + cov.T))[0] <= 0:
-            cov = np.eye(2) * max(float(fix.sigma_m), 1.0) ** 2
-        e, n, _ = self.enu.to_enu(fix.lat, fix.lon, self.cfg.node.ground_alt_m)
-        out.u = alt_prior if alt_prior is not None else math.nan
-        if not self.cfg.node.filter_enabled:
-            out.e, out.n, out.cov_en = e, n, cov
-            out.lat, out.lon = fix.lat, fix.lon
-            return out
-        r = self.filter.update(frame.stamp_s, (e, n), cov)
-        out.filter_event = r.event
-        if r.event == "rejected":
-            out.status = "no_fix"
-            out.reason = (f"rejected by the temporal filter: fix {math.sqrt(r.mahalanobis2):.1f} sigma from the "
-                          f"predicted track")
-            return out
-        out.e, out.n = float(r.position[0]), float(r.position[1])
-        out.cov_en = covariance_upper_bound(r.position_cov, cov)
-        out.vel_en, out.vel_cov = r.velocity, r.velocity_cov
-        out.lat, out.lon, _ = self.enu.to_wgs84(out.e, out.n, 0.0)
-        return out
-
-
-def covariance_upper_bound(filtered: np.ndarray, single: np.ndarray) -> np.ndarray:
-    """The smallest-effort covariance that bounds both the filter's and the latest single fix's (2×2, m²).
-
-    Consecutive fixes share their errors (the same off-centre or wrong tile is matched frame after frame), so
-    averaging them does not shrink the true error the way a Kalman filter assumes for independent measurements. The
-    published uncertainty therefore never drops below the latest fix's: ``filtered + positive part(single -
-    filtered)``, which is ⪰ both in the positive-semidefinite order.
-    """
-    diff = 0.5 * ((single - filtered) + (single - filtered).T)
-    w, v = np.linalg.eigh(diff)
-    return filtered + (v * np.clip(w, 0.0, None)) @ v.T
-
 
 __all__ = [
-    "ERROR", "OK", "STALE", "UNKNOWN_VARIANCE", "WARN", "Frame", "covariance_upper_bound", "LatestMailbox", "LocalizationPipeline", "Output",
+    "ERROR", "OK", "STALE", "UNKNOWN_VARIANCE", "WARN", "Frame", "LatestMailbox", "LocalizationPipeline", "Output",
     "PriorState", "Stats", "diagnostic_level", "heading_to_quaternion", "quaternion_to_attitude",
 ]

@@ -118,14 +118,14 @@ def pick_image_topic(topics: dict[str, dict[str, Any]], topic: str | None, bag: 
 
 
 def _index_config_file(index_dir: Path, dest: Path) -> Path:
-    """Write the config the index was built with (its index.json) as a YAML file for the node's config_file."""
-    meta_path = index_dir / "index.json"
+    """Write the config the index was built with (:class:`~mobilegeo_ros.index.facts.IndexFacts`) as a YAML file
+    for the node's config_file."""
+    from mobilegeo_ros.index.facts import IndexFacts, IndexFileError
+
     try:
-        meta = json.loads(meta_path.read_text())
-        stored = meta["map"]["build_config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ReplayError(f"index {str(index_dir)!r}: cannot read the build config from {meta_path.name} ({e}); "
-                          "pass --config") from None
+        stored = IndexFacts.read(index_dir).build_config_dict
+    except IndexFileError as e:
+        raise ReplayError(f"{e}; pass --config") from None
     dest.write_text(yaml.safe_dump(stored, sort_keys=False))
     return dest
 

