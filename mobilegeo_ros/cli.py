@@ -136,9 +136,12 @@ def _check_priors(args: argparse.Namespace) -> None:
 
 def cmd_localize(args: argparse.Namespace) -> int:
     from mobilegeo_ros.localizer import Localizer, Priors
+    from mobilegeo_ros.tracker import Tracker
 
     if not args.images:
         raise CliError("no images given")
+    if args.sequence_hz is not None and not (math.isfinite(args.sequence_hz) and args.sequence_hz > 0):
+        raise CliError(f"--sequence-hz {args.sequence_hz}: must be a positive rate")
     _check_priors(args)
     images = [_read_image(Path(p)) for p in args.images]  # validate every file before any work
     # Settings come from the index (how it was built) unless a config file overrides them.
@@ -146,19 +149,20 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if _backend_given(args):
         cfg = _apply_backend(cfg or _index_build_config(Path(args.index)), args)
     localizer = Localizer.from_files(Path(args.index), cfg)
+    tracker = Tracker(localizer, localizer.cfg)  # the node's path, keyframes inline
     priors = Priors(yaw_deg=args.yaw_deg, pitch_deg=args.pitch_deg, roll_deg=args.roll_deg,
                     altitude_m=args.altitude_m, hfov_deg=args.hfov_deg)
-    for path, image in zip(args.images, images):
-        fix = localizer.localize([image], priors)
-        record = {"image": path, **fix.as_dict()}
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    for i, (path, image) in enumerate(zip(args.images, images)):
+        if args.sequence_hz is None:
+            tracker.reset()  # independent photos: each is localized on its own
+        res = tracker.process(image, i / args.sequence_hz if args.sequence_hz else 0.0, priors)
         if args.json:
-            print(json.dumps(record), flush=True)
-        elif fix.status == "fix":
-            print(f"{path}: fix lat {fix.lat:.7f} lon {fix.lon:.7f} ±{fix.sigma_m:.1f} m (1σ) "
-                  f"score {fix.score:.3f} heading {fix.heading_deg:.0f}°", flush=True)
+            print(json.dumps({"image": path, **res.as_dict()}), flush=True)
+        elif res.status.is_fix:
+            print(f"{path}: {res.status.value} lat {res.lat:.7f} lon {res.lon:.7f} ±{res.sigma_m:.1f} m (1σ) "
+                  f"heading {res.heading_deg:.0f}°", flush=True)
         else:
-            print(f"{path}: no_fix ({fix.reason})", flush=True)
+            print(f"{path}: no_fix ({res.reason})", flush=True)
     return 0
 
 
@@ -394,7 +398,12 @@ def _add_localize_verb(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roll-deg", type=float, help="camera roll prior")
     p.add_argument("--altitude-m", type=float, help="altitude above ground prior (with --hfov-deg picks the tile "
                                                     "scale; with attitude corrects the tilt offset)")
-    p.add_argument("--hfov-deg", type=float, help="camera horizontal field of view")
+    p.add_argument("--hfov-deg", type=float, help="camera horizontal field of view (with it the camera pose is "
+                                                  "solved: the fix is the drone's nadir point, altitude and attitude "
+                                                  "are reported)")
+    p.add_argument("--sequence-hz", type=float, metavar="RATE",
+                   help="the images are consecutive frames of one flight at RATE Hz: tracked frame to frame "
+                        "between keyframes, as the node does (default: independent photos)")
     _add_backend_option(p)
     _add_common_options(p)
     p.set_defaults(func=cmd_localize)

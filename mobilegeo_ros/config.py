@@ -162,6 +162,9 @@ class RefineConfig:
                                 "seconds; 0 = none", min=0.0)
     map_path: str = _f("", "orthophoto used for registration; empty = the map recorded in the index (index.json), "
                            "read with the map settings the index was built with")
+    map_features_at_build: bool = _f(False, "mobilegeo build-index also detects the map-side features of "
+                                            "refine.matcher for every pyramid level (INDEX_DIR/map_features); false "
+                                            "= each level on first use")
 
 
 @dataclass

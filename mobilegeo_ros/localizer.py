@@ -34,15 +34,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from pyproj import CRS, Transformer
 
 from mobilegeo_ros.config import Config, MapConfig, from_dict
-from mobilegeo_ros.estimator.pose import CameraPoseEstimate, intrinsics, solve_camera_pose
+from mobilegeo_ros.estimator.pose import (
+    CameraPoseEstimate, intrinsics, pose_from_homography_estimate, solve_camera_pose,
+)
 from mobilegeo_ros.estimator.refine import Choice, Refiner, Registration, choose, expected_gsd
+from mobilegeo_ros.estimator.refine import map_identity as refine_map_identity
 from mobilegeo_ros.estimator.retrieval import RetrievalEstimate, estimate
 from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decide_status
+from mobilegeo_ros.geo.imageops import center_square, rotate_to_heading
 from mobilegeo_ros.geo.raster import GeoError, read_orthophoto
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground
 from mobilegeo_ros.index.tile_index import (
@@ -53,7 +56,7 @@ from mobilegeo_ros.index.tile_index import (
     identity_differences,
 )
 from mobilegeo_ros.model import EmbeddingModel, load_model
-from mobilegeo_ros.model.weights import file_sha256
+from mobilegeo_ros.util.files import file_sha256
 
 
 @dataclass
@@ -132,26 +135,6 @@ def no_fix(reason: str, score: float = math.nan, heading_deg: float | None = Non
     return Fix(status=FixStatus.NO_FIX, lat=math.nan, lon=math.nan, easting=math.nan, northing=math.nan,
                sigma_m=math.nan, cov_en=np.full((2, 2), np.nan), score=score, heading_deg=heading_deg, reason=reason,
                tile_id=tile_id, retrieval=retrieval)
-
-
-def center_square(image: np.ndarray) -> np.ndarray:
-    """The central square crop of an H×W×3 image (side min(H, W))."""
-    h, w = image.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    return image[y0:y0 + s, x0:x0 + s]
-
-
-def rotate_to_heading(square: np.ndarray, yaw_deg: float, target_deg: float = 0.0) -> np.ndarray:
-    """Rotate a square view whose top edge points at compass heading ``yaw_deg`` so that it points at ``target_deg``.
-
-    Turning the heading of the top edge clockwise by Δ means turning the image content counter-clockwise by Δ on
-    screen, which is a positive angle for ``cv2.getRotationMatrix2D``. Borders are reflected.
-    """
-    s = square.shape[0]
-    delta = target_deg - yaw_deg
-    m = cv2.getRotationMatrix2D((s / 2.0, s / 2.0), delta, 1.0)
-    return cv2.warpAffine(square, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 class Localizer:
@@ -370,7 +353,7 @@ class Localizer:
                 recorded = self.index.map_info.get("sha256")
                 sha = recorded if recorded and not self.cfg.refine.map_path else file_sha256(self.map_path)
                 cache_dir = self.index_dir / "map_features"
-                map_identity = {"sha256": sha, "settings": dataclasses.asdict(map_cfg)}
+                map_identity = refine_map_identity(sha, map_cfg)
             self._refiner = Refiner(read_orthophoto(self.map_path, map_cfg), self.cfg.refine, cache_dir=cache_dir,
                                     map_identity=map_identity)
         return self._refiner
@@ -506,41 +489,55 @@ class Localizer:
 
     def drone_position(self, reg: Registration, priors: Priors, width_px: int, height_px: int
                        ) -> tuple[float, float, np.ndarray, float, CameraPoseEstimate | None] | str:
-        """Where the drone is, from a verified registration: ``(easting, northing, cov_en 2×2 m², altitude above
-        ground m (NaN if unknown), solved pose or None)``, or the reason (a string) why it cannot be placed.
+        """Where the drone is, from a verified registration (or a track's homography): ``(easting, northing,
+        cov_en 2×2 m², altitude above ground m, solved camera pose or None)``, or the reason (a string) why it
+        cannot be placed.
 
-        1. Camera intrinsics known (``hfov_deg``): the full camera pose is solved from the inlier correspondences
-           (:func:`mobilegeo_ros.estimator.pose.solve_camera_pose`); the drone is at its nadir point, the covariance
-           is the pose covariance scaled and floored like the registration's (``refine.sigma_scale``,
-           ``refine.sigma_floor_m``).
-        2. Otherwise the registered image-centre point, moved by the attitude prior's tilt when the altitude is
-           known (plus ``altitude·tan(refine.attitude_sigma_deg)`` of sigma), or, with no attitude prior, left at
-           the image centre with ``altitude·tan(tracker.max_tilt_deg)`` of sigma covering the unknown tilt.
+        The camera pose is solved whenever the intrinsics are known (``hfov_deg``): from the inlier
+        correspondences (:func:`mobilegeo_ros.estimator.pose.solve_camera_pose`), or in closed form from the
+        homography alone (a tracked frame). Then:
+
+        1. Attitude prior (IMU pitch/roll) known: the registered image-centre point moved back to the drone by
+           that tilt (an IMU's ~1° beats the tilt a cross-date homography gives: measured, docs/tracker.md); the
+           altitude is the prior's, else the solved one; sigma adds ``altitude·tan(refine.attitude_sigma_deg)``.
+        2. No attitude prior, pose solved: the pose's nadir point, with the pose covariance scaled and floored
+           like a registration's (``refine.sigma_scale``, ``refine.sigma_floor_m``); for a track's homography the
+           track covariance.
+        3. Neither: the image centre, with ``altitude·tan(tracker.max_tilt_deg)`` of sigma covering the unknown
+           tilt (the altitude from the prior, else bounded by the narrowest plausible lens).
         """
         rc = self.cfg.refine
         alt_prior = priors.finite("altitude_m")
         k = self.camera_matrix(width_px, height_px, priors)
-        view_px = reg.inlier_view_px
-        if k is not None and view_px is not None and len(view_px) >= 6:
+        pose, pose_cov = None, None
+        if k is not None:
             try:
-                pose = solve_camera_pose(view_px, reg.inlier_map_en, k, reg.homography)
+                if reg.inlier_view_px is not None and len(reg.inlier_view_px) >= 6:
+                    pose = solve_camera_pose(reg.inlier_view_px, reg.inlier_map_en, k, reg.homography)
+                    pose_cov = 0.5 * (pose.cov_en + pose.cov_en.T) * rc.sigma_scale**2
+                    s2 = float(np.trace(pose_cov)) / 2.0
+                    if s2 < rc.sigma_floor_m**2:
+                        pose_cov = pose_cov + np.eye(2) * (rc.sigma_floor_m**2 - s2)
+                elif reg.homography is not None:
+                    pose = pose_from_homography_estimate(reg.homography, k)
+                    pose_cov = np.array(reg.cov_en, float)
             except ValueError:
                 pose = None
-            if pose is not None and pose.tilt_deg <= _MAX_TILT_DEG:
-                cov = 0.5 * (pose.cov_en + pose.cov_en.T) * rc.sigma_scale**2
-                s2 = float(np.trace(cov)) / 2.0
-                if s2 < rc.sigma_floor_m**2:
-                    cov = cov + np.eye(2) * (rc.sigma_floor_m**2 - s2)
-                return pose.easting, pose.northing, cov, pose.altitude_m, pose
+            if pose is not None and pose.tilt_deg > _MAX_TILT_DEG:
+                pose = None
+        attitude_known = priors.finite("pitch_deg") is not None or priors.finite("roll_deg") is not None
+        if pose is not None and not attitude_known:
+            return pose.easting, pose.northing, pose_cov, pose.altitude_m, pose
         e, n = reg.center_e, reg.center_n
         cov = np.array(reg.cov_en, float)
-        alt = alt_prior
+        alt = alt_prior if alt_prior is not None else (pose.altitude_m if pose is not None else None)
         if alt is None and k is not None:
             alt = reg.gsd_m * float(k[0, 0])  # metres per pixel at the centre × focal length
         if alt is None:
-            return ("the drone's position under a tilted camera needs the altitude or the camera field of view "
-                    "(hfov_deg / camera_info); neither is known")
-        if priors.finite("pitch_deg") is not None or priors.finite("roll_deg") is not None:
+            # Neither altitude nor intrinsics: bound the altitude by the narrowest plausible lens (the registered
+            # ground resolution times its focal length), so the tilt allowance below still covers the error.
+            alt = reg.gsd_m * (width_px / 2.0) / math.tan(math.radians(_NARROWEST_HFOV_DEG) / 2.0)
+        if attitude_known:
             offset = _tilt_offset(alt, reg.heading_deg, priors)
             if offset is None:
                 return _no_ground_reason(priors)
@@ -548,7 +545,7 @@ class Localizer:
             tilt_sigma = alt * math.tan(math.radians(rc.attitude_sigma_deg))
         else:
             tilt_sigma = alt * math.tan(math.radians(self.cfg.tracker.max_tilt_deg))
-        return e, n, cov + np.eye(2) * tilt_sigma**2, float(alt), None
+        return e, n, cov + np.eye(2) * tilt_sigma**2, float(alt), pose
 
     def _to_fix(self, est: RetrievalEstimate, priors: Priors) -> Fix:
         heading = priors.finite("yaw_deg")
@@ -604,6 +601,8 @@ def _tilt_offset(alt: float, heading: float, priors: Priors) -> tuple[float, flo
 
 
 _MAX_TILT_DEG = 60.0
+#: Without an altitude prior or camera intrinsics, the altitude is bounded assuming no lens narrower than this (deg).
+_NARROWEST_HFOV_DEG = 30.0
 
 
 def _no_ground_reason(priors: Priors) -> str:

@@ -49,7 +49,6 @@ import numpy as np
 
 from mobilegeo_ros.config import Config
 from mobilegeo_ros.estimator.kalman import ConstantVelocityFilter, chi2_2dof_quantile
-from mobilegeo_ros.estimator.pose import pose_from_homography_estimate
 from mobilegeo_ros.estimator.refine import Registration
 from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decide_status
 from mobilegeo_ros.geo.enu import LocalENU
@@ -90,6 +89,7 @@ class TrackResult:
     score: float = math.nan
     inliers: int = 0
     keyframe: bool = False  # a map registration was applied on this frame
+    tracked_m: float = 0.0  # ground distance tracked since the last keyframe (0 on keyframes), metres
     relocalized: bool = False  # the track jumped to a verified position that disagreed with it
     latency_s: float = 0.0
     views_used: int = 0
@@ -102,6 +102,18 @@ class TrackResult:
     def sigma_m(self) -> float:
         """1-sigma horizontal error (metres): sqrt(trace(cov_en) / 2), NaN without a fix."""
         return float(math.sqrt(max(np.trace(self.cov_en), 0.0) / 2.0)) if self.status.is_fix else math.nan
+
+    def as_dict(self) -> dict:
+        """JSON-friendly summary (NaN → None)."""
+        def num(x):
+            return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+        return {"status": self.status.value, "stamp_s": num(self.stamp_s), "lat": num(self.lat),
+                "lon": num(self.lon), "easting": num(self.easting), "northing": num(self.northing),
+                "sigma_m": num(self.sigma_m), "altitude_m": num(self.altitude_m), "heading_deg": num(self.heading_deg),
+                "pitch_deg": num(self.pitch_deg), "roll_deg": num(self.roll_deg), "score": num(self.score),
+                "inliers": self.inliers, "keyframe": self.keyframe, "relocalized": self.relocalized,
+                "tracked_m": num(self.tracked_m), "latency_ms": 1e3 * self.latency_s, "reason": self.reason}
 
     def flight_stack_fix(self, cfg: Config) -> FlightStackFix:
         """The value the NMEA/MAVLink bridges send."""
@@ -444,6 +456,7 @@ class Tracker:
             self._place_from_fix(res, own_fix)
         elif status in (FixStatus.VERIFIED, FixStatus.TRACKED) and self.track is not None:
             self._place_from_track(res, priors, w_px, h_px)
+            res.tracked_m = self.track.tracked_m
             if status is FixStatus.TRACKED and not res.reason:
                 res.reason = (f"tracked {self.track.frames} frames / {self.track.tracked_m:.0f} m from the keyframe "
                               f"at {self.track.keyframe_stamp_s:.2f} s")
@@ -515,11 +528,9 @@ class Tracker:
     def _keyframe_job(self, seq: int, image: np.ndarray, stamp_s: float, priors: Priors, grey: np.ndarray,
                       w_px: int, h_px: int) -> Callable[[], _Attempt] | None:
         """The keyframe registration to run for this frame, or None when none is due."""
-        if not self.cfg.refine.enabled and self.track is None:
-            return lambda: self._localize_job(seq, image, stamp_s, priors, None)
+        if self._worker is not None and self._worker.busy:
+            return None  # one keyframe at a time; this frame is tracked (or waits) meanwhile
         if self.track is None:
-            if self._worker is not None and self._worker.busy:
-                return None
             return lambda: self._localize_job(seq, image, stamp_s, priors, None)
         if not self.cfg.refine.enabled or not self._keyframe_due(self.track, stamp_s, grey, w_px, h_px):
             return None
@@ -635,10 +646,12 @@ class Tracker:
         if kf.relocalized:
             self.counts["relocalizations"] += 1
             self.filter.reset()
+        self.counts["keyframes"] += 1
+        if not self.cfg.tracker.enabled:
+            return kf  # every frame on its own: no track to keep
         thumb = thumbnail_descriptors([grey])[0]
         self.track = _Track(h_map=h_cur, cov_en=cov, keyframe_stamp_s=stamp_s, verified_stamp_s=stamp_s,
                             to_keyframe=np.asarray(to_cur, float).copy(), keyframe_thumb=thumb)
-        self.counts["keyframes"] += 1
         return kf
 
     # -- placing the drone --------------------------------------------------------------------------------------------
@@ -656,21 +669,12 @@ class Tracker:
                             gsd_m=gsd, homography=track.h_map)
 
     def _place_from_track(self, res: TrackResult, priors: Priors, w_px: int, h_px: int) -> None:
-        track = self.track
-        reg = self._as_registration(track, w_px, h_px)
+        reg = self._as_registration(self.track, w_px, h_px)
         placed = self.loc.drone_position(reg, priors, w_px, h_px)
         if isinstance(placed, str):
             res.status, res.reason = FixStatus.NO_FIX, placed
             return
         e, n, cov, alt, pose = placed
-        k = self.loc.camera_matrix(w_px, h_px, priors)
-        if k is not None and pose is None:
-            try:
-                pose = pose_from_homography_estimate(track.h_map, k)
-                e, n, alt = pose.easting, pose.northing, pose.altitude_m
-                cov = np.asarray(track.cov_en, float)
-            except ValueError:
-                pose = None
         res.easting, res.northing, res.cov_en, res.altitude_m = e, n, np.asarray(cov, float), alt
         res.heading_deg = priors.finite("yaw_deg") if priors.finite("yaw_deg") is not None else reg.heading_deg
         if pose is not None:

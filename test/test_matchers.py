@@ -41,6 +41,12 @@ def _gsd(pose):
     return expected_gsd(CAM.width_px, CAM.height_px, pose.altitude_m, CAM.hfov_deg, None)
 
 
+def _cfg(name, **kw):
+    """Fewer keypoints than the defaults for the learned matchers: keeps XFeat/LighterGlue fast on a test CPU."""
+    small = {} if name in ("sift", "orb", "akaze") else {"max_features": 1000, "block_features": 400}
+    return RefineConfig(matcher=name, **{**small, **kw})
+
+
 def _heading_error(a, b):
     return abs((a - b + 180.0) % 360.0 - 180.0)
 
@@ -50,7 +56,7 @@ def test_each_matcher_registers_a_view_with_known_pose(ortho, name):
     if name == "akaze" and not hasattr(cv2, "AKAZE_create"):
         pytest.skip(f"this OpenCV build ({cv2.__version__}) has no AKAZE")
     image, pose, ce, cn = _view_and_centre(ortho, yaw=25.0)
-    ref = Refiner(ortho, RefineConfig(matcher=name))
+    ref = Refiner(ortho, _cfg(name))
     gsd, known = _gsd(pose)
     # The heading hypothesis 10° off the truth (a gallery rotation is up to half a step off).
     q = ref.prepare(image, gsd, known, heading_deg=pose.yaw_deg + 10.0)
@@ -112,7 +118,7 @@ def test_north_up_rotation_matrix_turns_the_top_edge_north():
 
 def test_north_up_makes_xfeat_register_a_view_with_yaw_120(ortho):
     image, pose, ce, cn = _view_and_centre(ortho, yaw=120.0)
-    ref = Refiner(ortho, RefineConfig(matcher="xfeat"))
+    ref = Refiner(ortho, _cfg("xfeat"))
     gsd, known = _gsd(pose)
     raw = ref.prepare(image, gsd, known)  # no heading hypothesis: XFeat sees the view rotated by 120°
     failed = ref.register(raw, ce, cn, ref.window_half_m(raw, 60.0))
@@ -144,11 +150,11 @@ def _register_once(ref, ortho):
 
 def test_map_feature_cache_is_written_then_loaded(ortho, tmp_path):
     cache = tmp_path / "map_features"
-    first = Refiner(ortho, RefineConfig(matcher="xfeat"), cache_dir=cache)
+    first = Refiner(ortho, _cfg("xfeat"), cache_dir=cache)
     reg1, level = _register_once(first, ortho)
     assert reg1.ok and first.map_features.blocks_computed > 0 and not first.map_features.levels_loaded
     assert (cache / "xfeat" / f"level{level}.npz").is_file() and (cache / "xfeat" / "fingerprint.json").is_file()
-    second = Refiner(ortho, RefineConfig(matcher="xfeat"), cache_dir=cache)
+    second = Refiner(ortho, _cfg("xfeat"), cache_dir=cache)
     reg2, _ = _register_once(second, ortho)
     assert second.map_features.levels_loaded == {level} and second.map_features.blocks_computed == 0
     box = [second.map_features.window_px(level, *ortho.pixel_to_map(320, 320), 100.0)]

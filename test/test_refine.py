@@ -150,15 +150,15 @@ def test_localizer_refines_position_and_heading(setup):
     assert math.hypot(with_priors.easting - pose.easting, with_priors.northing - pose.northing) < 2.0
     assert abs((with_priors.heading_deg - pose.yaw_deg + 180) % 360 - 180) < 2.0
     assert with_priors.inliers >= 15 and with_priors.sigma_m < with_priors.retrieval.sigma_m
-    # Without any prior the registration still finds the ground point under the image centre (the tilt offset
-    # from it to the drone is unknown then).
-    bare = loc.localize([img])
-    ce, cn = _centre(pose)
+    # Without attitude or altitude priors (field of view only) the registration alone places the drone (camera pose
+    # solved from the homography inliers).
+    bare = loc.localize([img], Priors(hfov_deg=CAM.hfov_deg))
     assert bare.refined, bare.reason
-    assert math.hypot(bare.easting - ce, bare.northing - cn) < 2.0
+    assert math.hypot(bare.easting - pose.easting, bare.northing - pose.northing) < 3.0
+    assert bare.registration.inlier_view_px.shape == (bare.inliers, 2)
     # The embeddings entry point of the node refines only when given the image.
     emb = loc.embed([img])
-    assert loc.localize_embeddings(emb, image=img).refined
+    assert loc.localize_embeddings(emb, Priors(hfov_deg=CAM.hfov_deg), image=img).refined
     assert not loc.localize_embeddings(emb).refined
 
 
@@ -210,3 +210,28 @@ def test_moved_map_fails_clearly_and_map_path_points_at_it(setup, tmp_path):
     # Next to the index, with the same content, it is found without configuration.
     shutil.copy(setup.map_path, tmp_path / "elsewhere" / meta["map"]["name"])
     assert Localizer.from_files(index_copy, cfg).map_path == tmp_path / "elsewhere" / meta["map"]["name"]
+
+
+def test_localizer_with_xfeat_turns_the_view_north_up_and_caches_map_features(setup, tmp_path):
+    index_copy = tmp_path / "index"  # its own map-feature cache folder
+    shutil.copytree(setup.index_dir, index_copy, ignore=shutil.ignore_patterns("map_features"))
+    # (min_inliers explicit: this small test configuration gives fewer inliers than the measured default assumes)
+    cfg = from_dict({**setup.overrides, "refine": {"matcher": "xfeat", "max_features": 1000, "block_features": 400,
+                                                   "min_inliers": 15,
+                                                   "map_path": str(setup.map_path)}})
+    loc = Localizer.from_files(index_copy, cfg)
+    img, pose = _setup_view(setup, yaw=100.0)
+    # No yaw prior: the heading hypothesis is the candidate's gallery rotation (4 copies: 90° is 10° off).
+    priors = Priors(pitch_deg=pose.pitch_deg, roll_deg=pose.roll_deg, altitude_m=pose.altitude_m,
+                    hfov_deg=CAM.hfov_deg)
+    fix = loc.localize([img], priors)
+    assert fix.status == "verified" and fix.refined, fix.reason
+    assert math.hypot(fix.easting - pose.easting, fix.northing - pose.northing) < 2.5
+    assert abs((fix.registered_heading_deg - 100.0 + 180) % 360 - 180) < 3.0
+    assert fix.registration.query_heading_deg is not None and fix.registration.query_heading_deg % 90 == 0
+    assert (index_copy / "map_features" / "xfeat" / "level0.npz").is_file()
+    # One window, no retrieval (the tracker's keyframes), with the track's heading as the hypothesis.
+    ce, cn = _centre(pose)
+    near = loc.register_near(img, priors, ce + 15.0, cn - 10.0, 108.0, 90.0)
+    assert near.status == "refined", near.reason
+    assert math.hypot(near.best.center_e - ce, near.best.center_n - cn) < 2.5

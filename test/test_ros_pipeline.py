@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mobilegeo_ros import config as config_mod
+from mobilegeo_ros.estimator.status import FixStatus
 from mobilegeo_ros.io.images import encode_compressed, encode_image
 from mobilegeo_ros.msrm import select_views
 from mobilegeo_ros.ros.pipeline import (
@@ -115,40 +116,29 @@ def pipeline():
     from mobilegeo_ros.ros.testing import render_views, synthetic_setup
 
     setup = synthetic_setup()
-    cfg = config_mod.from_dict({**setup.overrides, "node": {"window_size": 3, "window_s": 5.0, "max_views": 2}})
+    # each frame localized on its own (tracking off): the pipeline's own job is decoding and counting
+    cfg = config_mod.from_dict({**setup.overrides, "node": {"keyframes_in_background": False},
+                                "tracker": {"enabled": False}})
     loc = Localizer.from_files(setup.index_dir, cfg)
     return LocalizationPipeline(loc, cfg), render_views(setup, [(0.4, 0.6), (0.42, 0.6)])
 
 
-def test_pipeline_window_embeds_each_frame_once(pipeline):
+def test_pipeline_decodes_both_encodings_and_runs_the_tracker(pipeline):
     pipe, views = pipeline
-    calls = []
-    real_embed = pipe.loc.embed
-
-    def counting_embed(images):
-        calls.append(len(images))
-        return real_embed(images)
-
-    pipe.loc.embed = counting_embed
-    try:
-        outs = []
-        for k in range(4):
-            rgb = views[k % 2][0]
-            outs.append(pipe.process(Frame("raw", encode_image(rgb, "bgr8"), stamp_s=100.0 + 0.5 * k)))
-    finally:
-        pipe.loc.embed = real_embed
-    assert calls == [1, 1, 1, 1]  # one embedding per frame, the window reuses the cached ones
-    assert len(pipe.window) == 3
-    assert all(o is not None and o.status == "fix" for o in outs), [o.reason for o in outs]
-    assert outs[-1].views_used == 2  # max_views
-    truth = views[1][1]
-    enu_e, enu_n, _ = pipe.enu.to_enu(*views[1][2], pipe.cfg.node.ground_alt_m)
-    assert math.hypot(outs[-1].e - enu_e, outs[-1].n - enu_n) < 45.0, truth
+    frames = [Frame("raw", encode_image(views[0][0], "bgr8"), stamp_s=100.0),
+              Frame("compressed", encode_compressed(views[1][0], "png"), stamp_s=100.5)]
+    outs = [pipe.process(f) for f in frames]
+    assert all(o is not None and o.status is FixStatus.VERIFIED for o in outs), [o.reason for o in outs if o]
+    assert [o.frame for o in outs] == frames and [o.stamp_s for o in outs] == [100.0, 100.5]
+    enu_e, enu_n, _ = pipe.tracker.enu.to_enu(*views[1][2], pipe.cfg.node.ground_alt_m)
+    # nadir views at 60 m registered on the map: metres, not the tens of metres of a retrieval fix
+    assert math.hypot(outs[-1].e - enu_e, outs[-1].n - enu_n) < 3.0
     assert outs[-1].vel_en is not None and outs[-1].filter_event == "update"
-    # time going backwards (a bag loop) empties the window
-    pipe.process(Frame("compressed", encode_compressed(views[0][0], "jpeg"), stamp_s=50.0))
-    assert len(pipe.window) == 1
-    assert pipe.filter.counts["time_backwards"] == 1
+    snap = pipe.stats.snapshot()
+    assert snap["by_status"].get("verified", 0) >= 2 and snap["last_status"] == "verified"
+    # time going backwards (a bag loop) starts a new flight: a new filter, initialised on this frame
+    out = pipe.process(Frame("compressed", encode_compressed(views[0][0], "jpeg"), stamp_s=50.0))
+    assert out is not None and out.filter_event == "init"
 
 
 def test_pipeline_counts_bad_frames(pipeline):
@@ -162,31 +152,19 @@ def test_pipeline_counts_bad_frames(pipeline):
     assert snap["rejected"] == before + 2 and "jpeg" in snap["last_error"].lower()
 
 
-def test_published_covariance_never_drops_below_the_latest_fix():
-    from mobilegeo_ros.ros.pipeline import covariance_upper_bound
-
-    filtered = np.array([[4.0, 0.0], [0.0, 100.0]])
-    single = np.array([[25.0, 0.0], [0.0, 25.0]])
-    bound = covariance_upper_bound(filtered, single)
-    np.testing.assert_allclose(bound, [[25.0, 0.0], [0.0, 100.0]])
-    for cov in (filtered, single):
-        assert np.linalg.eigvalsh(bound - cov).min() >= -1e-9
-    # When the filter is already the more uncertain one, it is published unchanged.
-    np.testing.assert_allclose(covariance_upper_bound(single * 2, single), single * 2)
-
-
 def test_registered_heading_feeds_the_next_frames_as_yaw_prior(pipeline):
     from mobilegeo_ros.localizer import Priors
 
     pipe, views = pipeline
+    tr = pipe.tracker
     out = pipe.process(Frame("raw", encode_image(views[0][0], "rgb8"), stamp_s=200.0))
-    assert out is not None and out.status == "fix", out.reason if out else None
-    stamp, heading = pipe._registered_heading
+    assert out is not None and out.status is FixStatus.VERIFIED, out.reason if out else None
+    stamp, heading = tr._registered_heading
     assert stamp == 200.0
     assert abs((heading + 180.0) % 360.0 - 180.0) < 5.0  # the views are rendered with yaw 0
-    fed = pipe._with_heading_feedback(200.5, None)
-    assert fed is not None and fed.yaw_deg == heading
+    fed = tr._with_heading_feedback(200.5, Priors())
+    assert fed.yaw_deg == heading
     # an IMU heading wins; the feedback expires after node.heading_feedback_s (by stamps) and ignores older frames
-    assert pipe._with_heading_feedback(200.5, Priors(yaw_deg=90.0)).yaw_deg == 90.0
-    assert pipe._with_heading_feedback(200.0 + pipe.cfg.node.heading_feedback_s + 0.1, None) is None
-    assert pipe._with_heading_feedback(199.0, None) is None
+    assert tr._with_heading_feedback(200.5, Priors(yaw_deg=90.0)).yaw_deg == 90.0
+    assert tr._with_heading_feedback(200.0 + pipe.cfg.node.heading_feedback_s + 0.1, Priors()).yaw_deg is None
+    assert tr._with_heading_feedback(199.0, Priors()).yaw_deg is None

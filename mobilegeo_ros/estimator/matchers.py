@@ -51,8 +51,10 @@ MATCHER_DEFAULTS: dict[str, dict[str, int]] = {
     "sift": {"min_inliers": 15},
     "orb": {"min_inliers": 15},  # not measured on the cross-date set; the long-standing default
     "akaze": {"min_inliers": 15},  # not measured on the cross-date set; the long-standing default
-    "xfeat": {"min_inliers": 40},  # PROVISIONAL until measured
-    "xfeat_lighterglue": {"min_inliers": 20},  # PROVISIONAL until measured
+    # PROVISIONAL (not yet a valid measurement, docs/matchers.md): 100 views, seed 0, verified registrations 5-30 m
+    # off had up to 48 inliers, none at >= 50; wrong-PLACE windows were not yet measured.
+    "xfeat": {"min_inliers": 40},
+    "xfeat_lighterglue": {"min_inliers": 20},  # PROVISIONAL: not measured
 }
 
 #: Most torch threads the learned matchers use (the machine is shared with the embedding model and the node).

@@ -261,6 +261,23 @@ class MapFeatures:
         return self.gather(level, [self.window_px(level, center_e, center_n, half_m)])
 
 
+def map_identity(map_sha256: str, map_cfg) -> dict:
+    """The map part of a map-feature cache fingerprint: the map file's sha256 and the settings it is read with
+    (a ``MapConfig``: bands, stretch, pansharpening...). The localizer and ``build-index`` use the same."""
+    return {"sha256": map_sha256, "settings": json.loads(json.dumps(dataclasses.asdict(map_cfg), default=str))}
+
+
+def precompute_map_features(ortho: Orthophoto, cfg: RefineConfig, cache_dir: str | Path, identity: dict,
+                            levels: list[int] | None = None) -> list[Path]:
+    """Detect and save the map-side features of ``cfg.matcher`` for ``levels`` (default: every pyramid level)
+    into ``cache_dir`` (what the localizer would otherwise do on first use) → the cache files."""
+    mf = MapFeatures(ortho, cfg, make_matcher(cfg.matcher, cfg.ratio), cache_dir, identity)
+    levels = list(range(ortho.max_pyramid_level + 1)) if levels is None else levels
+    for level in levels:
+        mf.ensure_level(level)
+    return [mf.cache_path(level) for level in levels]
+
+
 @dataclass
 class Query:
     """A camera view prepared for registration: keypoints at the matching resolution (and orientation).
@@ -408,7 +425,7 @@ class Refiner:
         mask = None if valid.all() else cv2.erode(valid, np.ones((k, k), np.uint8))
         feats = self.matcher.detect(grey, self.cfg.max_features, mask)
         return Query(w, h, feats, view_to_match=view_to_match, level=level, gsd_m=gsd_m, gsd_known=gsd_known,
-                     match_size_px=size, heading_deg=float(heading_deg) if north_up else None)
+                     match_size_px=size, heading_deg=float(heading_deg) % 360.0 if north_up else None)
 
     def window_half_m(self, query: Query, tile_size_m: float) -> float:
         """Half side of the map window around a candidate: tile + view footprint + margin (metres)."""
@@ -714,4 +731,4 @@ def register_window(image: np.ndarray, ortho: Orthophoto, center_e: float, cente
 
 __all__ = ["Choice", "Features", "MAP_FEATURE_CACHE_FORMAT", "MapFeatureCacheError", "MapFeatures", "Query",
            "Refiner", "Registration", "centre_covariance", "choose", "equalise", "expected_gsd", "fit_and_verify",
-           "fingerprint_differences", "match_and_verify", "north_up_rotation", "register_window", "warp_continuous"]
+           "fingerprint_differences", "map_identity", "match_and_verify", "north_up_rotation", "precompute_map_features", "register_window", "warp_continuous"]

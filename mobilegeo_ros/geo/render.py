@@ -24,9 +24,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from tqdm import tqdm
 from mobilegeo_ros.config import Config, RenderConfig
 from mobilegeo_ros.geo.raster import GeoError, Orthophoto, read_orthophoto
 from mobilegeo_ros.geo.tiles import pick_level
+from mobilegeo_ros.util.files import atomic_directory
 
 POSES_CSV_COLUMNS = ("file", "lat", "lon", "altitude_m", "yaw_deg", "pitch_deg", "roll_deg", "easting", "northing",
                      "crs", "center_easting", "center_northing")
@@ -296,9 +294,7 @@ def render_dataset(map_path: str | Path, out_dir: str | Path, n: int, seed: int,
     poses = random_poses(ortho, n, rng, rcfg, camera)
     crs_label = _crs_label(ortho)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         (tmp / "images").mkdir()
         rows = []
         for i, pose in enumerate(tqdm(poses, desc="render", unit="view", disable=not progress)):
@@ -320,12 +316,6 @@ def render_dataset(map_path: str | Path, out_dir: str | Path, n: int, seed: int,
                 "crs_wkt": ortho.crs.to_wkt(), "gsd_m": ortho.gsd_m,
                 "camera": dataclasses.asdict(camera), "render": dataclasses.asdict(rcfg)}
         (tmp / "render.json").write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); os.replace cannot replace a directory on every platform
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

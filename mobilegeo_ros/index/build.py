@@ -12,20 +12,12 @@ from tqdm import tqdm
 
 from mobilegeo_ros.config import Config, IndexConfig
 from mobilegeo_ros.geo.raster import Orthophoto, read_orthophoto
-from mobilegeo_ros.geo.tiles import TileSpec, cut_tile, tile_grid
+from mobilegeo_ros.geo.tiles import TileSpec, cut_tile, gallery_rotations, tile_grid
 from mobilegeo_ros.index.tile_index import COLUMNS, TileIndex
 from mobilegeo_ros.model.base import EmbeddingModel
-from mobilegeo_ros.model.weights import file_sha256
+from mobilegeo_ros.util.files import file_sha256
 
 log = logging.getLogger(__name__)
-
-
-def gallery_rotations(index_cfg: IndexConfig) -> list[float]:
-    """Rotations (degrees clockwise from north) of the gallery copies of every tile: ``index_cfg.rotations``
-    evenly spaced headings from 0 for ``heading == "gallery_rotations"``, else just 0 (north-up tiles)."""
-    if index_cfg.heading == "gallery_rotations":
-        return [360.0 * i / index_cfg.rotations for i in range(index_cfg.rotations)]
-    return [0.0]
 
 
 def embed_tiles(ortho: Orthophoto, specs: Sequence[TileSpec], rotations_deg: Sequence[float],
@@ -106,6 +98,10 @@ def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: E
     info["build_config"] = dataclasses.asdict(cfg)
     index = TileIndex.build(vectors, columns, model.identity(), ortho.crs.to_wkt(), info, cfg.index)
     index.save(out)
+    if cfg.refine.enabled and cfg.refine.map_features_at_build:
+        from mobilegeo_ros.estimator.refine import map_identity, precompute_map_features
+        precompute_map_features(ortho, cfg.refine, Path(out_dir) / "map_features",
+                                map_identity(info["sha256"], cfg.map))
     return Path(out_dir)
 
 

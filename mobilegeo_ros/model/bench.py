@@ -1,7 +1,7 @@
 """Backend benchmark: per model × backend × batch size, FLOPs, parameters, images/s and latency p50/p99.
 
 Models: the student (``mobilenetv2_gem``, the ImageNet MobileNetV2 + GeM until trained weights exist, or
-``model.weights``) and the teacher baseline (:mod:`.teacher`, ResNet-50-thin, ONNX only). Backends: torch (CPU;
+``model.weights``) and the teacher baseline (:mod:`.baseline_resnet50`, ResNet-50-thin, ONNX only). Backends: torch (CPU;
 CUDA fp32 and fp16 when a GPU is visible), onnxruntime (CPU; CUDA when onnxruntime-gpu is installed), tensorrt (when
 installed). A backend that cannot run here is a row with its reason, not an error.
 

@@ -32,11 +32,9 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +49,7 @@ from mobilegeo_ros.io.bag import (
     IMAGE_TYPES, TOPIC_ALTITUDE, TOPIC_CAMERA_INFO, TOPIC_IMU, TOPIC_TRUTH, BagError, bag_topics, flight_info,
     read_bag, stamp_ns, typestore,
 )
+from mobilegeo_ros.util.files import atomic_directory
 
 NODE_NAME = "localize_node"
 FIX_TOPIC = f"/{NODE_NAME}/fix"
@@ -206,9 +205,7 @@ def run_replay(bag: str | Path, index_dir: str | Path, report_dir: str | Path, r
             play[bag_topic] = msgtype
             remaps[node_topic] = bag_topic
 
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.tmp-", dir=report_dir.parent))
-    try:
+    with atomic_directory(report_dir) as tmp:
         config_file = Path(config).resolve() if config is not None else _index_config_file(index_dir,
                                                                                              tmp / "node_config.yaml")
         node_params: dict[str, Any] = {"index_dir": str(index_dir.resolve()), "config_file": str(config_file)}
@@ -230,12 +227,6 @@ def run_replay(bag: str | Path, index_dir: str | Path, report_dir: str | Path, r
         if config is None:  # the copy of the index's config moves with the report
             node_params["config_file"] = str((report_dir / config_file.name).resolve())
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        if report_dir.exists():
-            report_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, report_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
