@@ -108,7 +108,7 @@ def bench_views(args) -> dict:
         tr = Tracker(loc, cfg)
         camera = CameraModel(cfg.render.image_width_px, cfg.render.image_height_px, cfg.render.hfov_deg)
         for mode in args.priors:
-            errs, sigs, sts, stages, lats = [], [], [], [], []
+            errs, sigs, sts, stages, lats, rows = [], [], [], [], [], []
             for seed in args.seeds:
                 rng = np.random.default_rng(seed)
                 for pose in random_poses(wv3, args.views, rng, cfg.render, camera):
@@ -120,6 +120,13 @@ def bench_views(args) -> dict:
                     sts.append(res.status.value)
                     stages.append(res.stage_ms)
                     lats.append(res.latency_s)
+                    rows.append((seed, res.status.value, errs[-1], sigs[-1], pose.altitude_m, res.altitude_m,
+                                 pose.pitch_deg, pose.roll_deg, res.pitch_deg, res.roll_deg, res.inliers))
+            if args.frames_csv:
+                import csv
+                with open(f"{args.frames_csv}.{matcher}.{mode}.csv", "w", newline="") as f:
+                    csv.writer(f).writerows([("seed", "status", "error_m", "sigma_m", "alt", "est_alt", "pitch",
+                                              "roll", "est_pitch", "est_roll", "inliers"), *rows])
             results[f"{matcher} / {mode}"] = _summary(errs, sigs, sts, stages, lats)
             print(f"  {matcher} / {mode}: {json.dumps(results[f'{matcher} / {mode}'])}", flush=True)
     return results

@@ -158,6 +158,9 @@ class RefineConfig:
                                  "building parallax and date changes)", min=0.1, max=100.0)
     attitude_sigma_deg: float = _f(1.0, "1-sigma of the pitch/roll prior: adds altitude*tan(this) to the sigma of "
                                         "the drone position under a tilted camera, degrees", min=0.0, max=45.0)
+    pose_tilt_sigma_deg: float = _f(2.0, "1-sigma of the camera tilt solved on the map without an IMU attitude (a "
+                                         "cross-date homography's perspective is noisy): adds altitude*tan(this) to "
+                                         "the drone position's sigma, degrees", min=0.0, max=45.0)
     max_time_s: float = _f(0.0, "time budget per query: no further candidate is registered once this is spent, "
                                 "seconds; 0 = none", min=0.0)
     map_path: str = _f("", "orthophoto used for registration; empty = the map recorded in the index (index.json), "

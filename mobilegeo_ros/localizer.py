@@ -518,13 +518,17 @@ class Localizer:
                     s2 = float(np.trace(pose_cov)) / 2.0
                     if s2 < rc.sigma_floor_m**2:
                         pose_cov = pose_cov + np.eye(2) * (rc.sigma_floor_m**2 - s2)
+                    # The residuals of one registration underrate the tilt error (correlated parallax and date
+                    # changes): altitude·tan(pose_tilt_sigma_deg) more (measured: docs/tracker.md).
+                    pose_cov = pose_cov + np.eye(2) * (pose.altitude_m
+                                                       * math.tan(math.radians(rc.pose_tilt_sigma_deg))) ** 2
                 elif reg.homography is not None:
                     pose = pose_from_homography_estimate(reg.homography, k)
                     pose_cov = np.array(reg.cov_en, float)
             except ValueError:
                 pose = None
-            if pose is not None and pose.tilt_deg > _MAX_TILT_DEG:
-                pose = None
+            if pose is not None and pose.tilt_deg > self.cfg.tracker.max_tilt_deg:
+                pose = None  # implausible for a drone camera: a degenerate solution, not a pose
         attitude_known = priors.finite("pitch_deg") is not None or priors.finite("roll_deg") is not None
         if pose is not None and not attitude_known:
             return pose.easting, pose.northing, pose_cov, pose.altitude_m, pose
@@ -533,19 +537,27 @@ class Localizer:
         alt = alt_prior if alt_prior is not None else (pose.altitude_m if pose is not None else None)
         if alt is None and k is not None:
             alt = reg.gsd_m * float(k[0, 0])  # metres per pixel at the centre × focal length
+        known_alt = alt
         if alt is None:
             # Neither altitude nor intrinsics: bound the altitude by the narrowest plausible lens (the registered
-            # ground resolution times its focal length), so the tilt allowance below still covers the error.
+            # ground resolution times its focal length), so the tilt allowance below still covers the error. The
+            # bound is no estimate: the altitude stays unknown (NaN).
             alt = reg.gsd_m * (width_px / 2.0) / math.tan(math.radians(_NARROWEST_HFOV_DEG) / 2.0)
         if attitude_known:
             offset = _tilt_offset(alt, reg.heading_deg, priors)
             if offset is None:
                 return _no_ground_reason(priors)
+            reach = 10.0 * reg.gsd_m * math.hypot(width_px, height_px)
+            if math.hypot(*offset) > reach:
+                # e.g. a corrupt altitude message: the tilt would put the drone far beyond anything the camera
+                # footprint allows; unknown, rather than confidently kilometres away
+                return (f"the altitude prior {alt:.6g} m and the tilt put the drone {math.hypot(*offset):.0f} m "
+                        f"from the registered view (more than 10 footprints, {reach:.0f} m): inconsistent priors")
             e, n = e - offset[0], n - offset[1]
             tilt_sigma = alt * math.tan(math.radians(rc.attitude_sigma_deg))
         else:
             tilt_sigma = alt * math.tan(math.radians(self.cfg.tracker.max_tilt_deg))
-        return e, n, cov + np.eye(2) * tilt_sigma**2, float(alt), pose
+        return e, n, cov + np.eye(2) * tilt_sigma**2, math.nan if known_alt is None else float(known_alt), pose
 
     def _to_fix(self, est: RetrievalEstimate, priors: Priors) -> Fix:
         heading = priors.finite("yaw_deg")

@@ -27,9 +27,10 @@ and publish the :class:`TrackResult` it returns. Per frame:
 6. **Filter**: constant-velocity Kalman filter in local ENU (outlier gate, velocity); the published covariance never
    drops below the latest single fix's (:func:`covariance_upper_bound`).
 
-With ``background=True`` (the node at camera rate, ``node.keyframes_in_background``) keyframe registrations run in a worker thread: frames
-keep being tracked meanwhile, and a keyframe result for an earlier frame is carried to the current frame through the
-chain of frame-to-frame homographies since that frame.
+With ``background=True`` (the node at camera rate, ``node.keyframes_in_background``) the keyframes of a live track
+are registered in a worker thread: frames keep being tracked meanwhile, and the keyframe result for an earlier frame
+is carried to the current frame through the chain of frame-to-frame homographies since that frame. Without a track
+(start, lost) the frame is localized inline: there is nothing to publish meanwhile.
 
 Units: metres (map CRS: easting/northing; local ENU: e/n/u), seconds, degrees (compass heading clockwise from north).
 """
@@ -57,6 +58,12 @@ from mobilegeo_ros.localizer import Fix, Localizer, Priors
 from mobilegeo_ros.msrm import mi_from_cosine, select_views, thumbnail_descriptors
 
 
+#: 1-sigma assumed for an altitude prior (a barometer / rangefinder message carries none), metres.
+ALTITUDE_PRIOR_SIGMA_M = 1.0
+#: 1-sigma of the altitude of a camera pose solved on the map, as a share of it (test_tracker: within 5 %).
+ALTITUDE_SOLVED_SIGMA_FRACTION = 0.05
+
+
 @dataclass
 class TrackResult:
     """One frame's result, ready to publish.
@@ -77,6 +84,7 @@ class TrackResult:
     northing: float = math.nan
     alt_m: float = math.nan
     altitude_m: float = math.nan
+    altitude_sigma_m: float = math.nan  # 1-sigma of altitude_m (prior, or solved camera pose)
     e: float = math.nan
     n: float = math.nan
     u: float = math.nan
@@ -350,6 +358,7 @@ class Tracker:
         self._pending: dict[int, np.ndarray] = {}  # frame seq → current view px → that frame's view px
         self._last_attempt_s = -math.inf
         self._registered_heading: tuple[float, float] | None = None  # (stamp s, compass deg)
+        self._last_score = math.nan  # retrieval score of the last localization (tracked frames carry it)
         self.counts = {"verified": 0, "tracked": 0, "retrieval": 0, "no_fix": 0, "keyframes": 0,
                        "keyframe_attempts": 0, "keyframes_skipped_msrm": 0, "relocalizations": 0, "track_lost": 0}
 
@@ -413,7 +422,9 @@ class Tracker:
         if job is not None:
             self.counts["keyframe_attempts"] += 1
             self._last_attempt_s = stamp_s
-            if self._worker is None:
+            # Without a track there is nothing to publish meanwhile: localize this frame inline (frames arriving
+            # meanwhile are dropped by the node's mailbox). Only keyframes of a live track go to the worker.
+            if self._worker is None or self.track is None:
                 attempts.append(job())
                 self._pending[seq] = np.eye(3)
             elif self._worker.submit(seq, job):
@@ -463,8 +474,11 @@ class Tracker:
         elif status is FixStatus.RETRIEVAL and own_fix is not None:
             self._place_from_fix(res, own_fix)
         stage["pose"] = 1e3 * (time.perf_counter() - t)
+        if own_fix is not None and math.isfinite(own_fix.score):
+            self._last_score = float(own_fix.score)
+        res.score = self._last_score if res.status.is_fix else (float(own_fix.score) if own_fix else math.nan)
         if own_fix is not None:
-            res.score, res.views_used = float(own_fix.score), own_fix.views_used
+            res.views_used = own_fix.views_used
             if not res.inliers:
                 res.inliers = own_fix.inliers
             if res.heading_deg is None and own_fix.heading_deg is not None:
@@ -528,10 +542,10 @@ class Tracker:
     def _keyframe_job(self, seq: int, image: np.ndarray, stamp_s: float, priors: Priors, grey: np.ndarray,
                       w_px: int, h_px: int) -> Callable[[], _Attempt] | None:
         """The keyframe registration to run for this frame, or None when none is due."""
-        if self._worker is not None and self._worker.busy:
-            return None  # one keyframe at a time; this frame is tracked (or waits) meanwhile
         if self.track is None:
             return lambda: self._localize_job(seq, image, stamp_s, priors, None)
+        if self._worker is not None and self._worker.busy:
+            return None  # one keyframe at a time; this frame is tracked meanwhile
         if not self.cfg.refine.enabled or not self._keyframe_due(self.track, stamp_s, grey, w_px, h_px):
             return None
         track = dataclasses.replace(self.track)
@@ -695,6 +709,8 @@ class Tracker:
         alt = priors.finite("altitude_m")
         if alt is None and math.isfinite(res.altitude_m):
             alt = res.altitude_m
+        res.altitude_sigma_m = ALTITUDE_PRIOR_SIGMA_M if priors.finite("altitude_m") is not None else (
+            ALTITUDE_SOLVED_SIGMA_FRACTION * alt if alt is not None else math.nan)
         if alt is not None:
             res.altitude_m = float(alt)
             res.alt_m = float(alt) + node.ground_alt_m

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from mobilegeo_ros.config import Config, RefineConfig
-from mobilegeo_ros.estimator.matchers import MATCHER_DEFAULTS, MATCHERS, make_matcher, mutual_nearest
+from mobilegeo_ros.estimator.matchers import (
+    MATCHER_DEFAULTS,
+    MATCHERS,
+    XFEAT_MIN_COSINE,
+    Features,
+    make_matcher,
+    mutual_nearest,
+)
 from mobilegeo_ros.estimator.refine import MapFeatureCacheError, Refiner, expected_gsd, north_up_rotation
 from mobilegeo_ros.geo.raster import read_orthophoto
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground, photometric, render_view
@@ -87,6 +94,18 @@ def test_learned_features_carry_no_orientation_and_opencv_ones_do(ortho):
     qi, ri = mutual_nearest(xf.desc, crop.desc, 0.9)
     assert len(qi) > 50
     np.testing.assert_allclose(np.median(xf.xy[qi] - crop.xy[ri], axis=0), [64.0, 32.0], atol=0.5)
+
+
+def test_xfeat_mutual_nearest_keeps_low_cosine_pairs_by_default():
+    # XFeat's end-to-end matcher (match_xfeat) uses no cosine threshold; 0.82 (XFeat.match's default) dropped 2/3 of
+    # the cross-date matches (docs/matchers.md).
+    assert XFEAT_MIN_COSINE < 0 and make_matcher("xfeat").min_cosine == XFEAT_MIN_COSINE
+    a = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    b = np.array([[0.6, -0.8], [-0.8, 0.6]], np.float32)  # mutual pairs a0-b0 and a1-b1, cosine 0.6 each
+    qi, ri = make_matcher("xfeat").match(Features(np.zeros((2, 2)), np.full(2, np.nan), np.full(2, np.nan), a),
+                                         Features(np.zeros((2, 2)), np.full(2, np.nan), np.full(2, np.nan), b))
+    assert sorted(zip(qi.tolist(), ri.tolist(), strict=True)) == [(0, 0), (1, 1)]
+    assert len(mutual_nearest(a, b, 0.82)[0]) == 0
 
 
 def test_north_up_rotation_keeps_the_sift_registration(ortho):

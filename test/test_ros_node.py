@@ -227,6 +227,19 @@ def test_priors_altitude_heading_and_velocity(harness, views):
     assert 0 < twist.twist.covariance[0] < 1e5
 
 
+def test_unverifiable_frame_is_published_as_no_fix_with_its_stamp(harness):
+    # A textureless frame: retrieval still ranks tiles, but nothing can be registered on the map, and its stamp is
+    # far from every other test's frames (no track to carry it). The node must answer this image, with its stamp,
+    # as NO_FIX: a flight controller must not get STATUS_FIX for it.
+    grey = np.full((120, 160, 3), 128, np.uint8)
+    harness.pub_image.publish(_image_msg(grey, "rgb8", T0 + 5000))
+    fix = harness.wait_stamped(harness.fixes, T0 + 5000)
+    assert fix.header.stamp.nanosec == 123 and fix.header.frame_id == "camera"  # the answer to this image
+    assert fix.status.status == NavSatStatus.STATUS_NO_FIX
+    assert math.isnan(fix.latitude) and math.isnan(fix.longitude)
+    assert fix.position_covariance_type == NavSatFix.COVARIANCE_TYPE_UNKNOWN
+
+
 def _drain(sock):
     out = []
     while True:

@@ -24,8 +24,10 @@ from mobilegeo_ros.io.images import encode_image  # noqa: E402
 from mobilegeo_ros.ros.testing import render_views, synthetic_setup  # noqa: E402
 
 DOMAIN_ID = 62
-# Start-up (imports, model load, index load) to the refusal: measured 6-9 s on 2 busy CPU cores (HEAD 07e5db1).
-MISMATCH_EXIT_S = 30.0
+# Start-up (imports, model load, index load) to the refusal: measured 40 s on 2 CPU cores shared by four test runs
+# (load average 10; HEAD 07e5db1), a few seconds on an idle machine. A node that skipped the refusal fails at this
+# bound, not at a long timeout.
+MISMATCH_EXIT_S = 60.0
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -158,7 +160,8 @@ def test_node_process_localizes_and_shuts_down_cleanly(setup, client, sig):
         assert fix.status.status == NavSatStatus.STATUS_FIX
         dlat = (fix.latitude - lat) * 111_320.0
         dlon = (fix.longitude - lon) * 111_320.0 * math.cos(math.radians(lat))
-        assert math.hypot(dlat, dlon) < 45.0
+        # refined: measured 0.063 m for this view (HEAD 07e5db1); retrieval alone is 19 m off here (60 m tiles)
+        assert math.hypot(dlat, dlon) < 1.0
     finally:
         proc.send_signal(sig)
         try:

@@ -282,3 +282,18 @@ def test_frame_to_frame_homography_of_a_known_shift(world):
     assert abs(p[0] / p[2] - (160.0 + d)) < 0.3 and abs(p[1] / p[2] - 120.0) < 0.3
     assert image_overlap(np.eye(3), 320, 240) == pytest.approx(1.0)
     assert image_overlap(np.array([[1.0, 0, 160.0], [0, 1.0, 0], [0, 0, 1.0]]), 320, 240) == pytest.approx(0.5)
+
+
+def test_node_cli_and_demo_run_the_same_tracker_path():
+    """The node (pipeline), `mobilegeo localize` and the demo all localize through Tracker.process: none calls the
+    localizer's per-view entry points itself (a second path would drift from what the node publishes)."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "mobilegeo_ros"
+    for rel in ("ros/pipeline.py", "cli.py", "demo.py"):
+        tree = ast.parse((pkg / rel).read_text())
+        calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+        names = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "Tracker" in names and "process" in calls, rel
+        assert not calls & {"localize", "localize_embeddings", "register_near"}, (rel, calls & {"localize"})

