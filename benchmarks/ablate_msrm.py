@@ -40,7 +40,7 @@ from mobilegeo_ros.geo.raster import read_orthophoto  # noqa: E402
 from mobilegeo_ros.geo.render import photometric  # noqa: E402
 from mobilegeo_ros.localizer import Localizer  # noqa: E402
 from mobilegeo_ros.msrm import select_views  # noqa: E402
-from mobilegeo_ros.ros.testing import render_views, synthetic_setup  # noqa: E402
+from synthetic_world import render_views, synthetic_setup  # noqa: E402
 from msrm_variants import cosine_pruning, fuse  # noqa: E402
 
 

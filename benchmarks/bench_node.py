@@ -28,8 +28,9 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))  # test helpers: synthetic_world
 
-from mobilegeo_ros.ros.testing import synthetic_setup  # noqa: E402
+from synthetic_world import synthetic_setup  # noqa: E402
 
 BENCH_MAP = {"width_px": 1024, "height_px": 1024, "gsd_m": 0.5, "seed": 7}
 DOMAIN_ID = 87

@@ -183,9 +183,12 @@ def bench_node(args) -> dict:
         index = _index(cfg)
         for seed in args.seeds:
             root = Path(tempfile.mkdtemp(prefix="bench_tracker_node."))
-            bag_cfg = dataclasses.replace(cfg, map=dataclasses.replace(cfg.map, pansharpen_with=str(wv3.pan)))
-            bag = write_flight_bag(root / "bag", wv3.mul, bag_cfg, frames=int(args.seconds * args.rate_hz),
-                                   rate_hz=args.rate_hz, seed=seed, compressed=True)
+            bag = Path(args.bag_cache) / f"wv3_{int(args.seconds * args.rate_hz)}f_{args.rate_hz:g}hz_seed{seed}" \
+                if args.bag_cache else root / "bag"
+            if not (bag / "metadata.yaml").is_file():
+                bag_cfg = dataclasses.replace(cfg, map=dataclasses.replace(cfg.map, pansharpen_with=str(wv3.pan)))
+                write_flight_bag(bag, wv3.mul, bag_cfg, frames=int(args.seconds * args.rate_hz),
+                                 rate_hz=args.rate_hz, seed=seed, compressed=True)
             params = {"refine." + ("matcher" if "matcher" in to_dict(cfg)["refine"] else "features"): matcher}
             for item in args.set:
                 name, _, value = item.partition("=")
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override (repeatable), e.g. tracker.keyframe_every_s=1.0")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--bag-cache", help="node part: keep/reuse the rendered bags in this folder (outside the repo)")
     ap.add_argument("--frames-csv", help="flight part: write per-frame rows to PREFIX.MATCHER.SEED.csv")
     args = ap.parse_args(argv)
     print(f"bench_tracker {args.part}: {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)

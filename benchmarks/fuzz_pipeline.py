@@ -2,7 +2,7 @@
 """Fuzz the node's message path and the CLI's file inputs; print crashes (must be 0), rejections by reason, fixes.
 
 Message fuzz: ``--n`` frames (default 10 000) through :meth:`LocalizationPipeline.process` with the real localizer on
-the synthetic test map (:func:`mobilegeo_ros.ros.testing.synthetic_setup`). Each frame is one of: a wrong or unknown
+the synthetic test map (test/synthetic_world.py `synthetic_setup`). Each frame is one of: a wrong or unknown
 encoding, a wrong ``step``, a data size that does not match, zero or huge dimensions (claimed, not allocated), tiny
 valid images (1×1 ...), truncated / bit-flipped / spliced JPEG and PNG, random bytes under a compressed format, a
 NaN / inf stamp, an out-of-order / duplicate / backwards-jumping stamp, odd priors (NaN, inf, out of range) and
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))  # test helpers: synthetic_world
 
 from mobilegeo_ros import config as config_mod  # noqa: E402
 from mobilegeo_ros.io.images import SUPPORTED_ENCODINGS, bytes_per_pixel, encode_compressed, encode_image  # noqa: E402
@@ -146,7 +147,7 @@ def _reason(msg: str) -> str:
 def fuzz_messages(n: int, seed: int = 0, valid_every: int = 10, clean_track: int = 30) -> dict:
     """Feed ``n`` fuzzed frames, then ``clean_track`` valid frames; return the figures (see the module docstring)."""
     from mobilegeo_ros.localizer import Localizer
-    from mobilegeo_ros.ros.testing import render_views, synthetic_setup
+    from synthetic_world import render_views, synthetic_setup
 
     rng = np.random.default_rng(seed)
     setup = synthetic_setup()
@@ -304,7 +305,7 @@ def _run_cli(argv: list[str]) -> tuple[int | str, str]:
 
 def fuzz_cli(n: int, seed: int = 0, work: Path | None = None) -> dict:
     """Hand ``n`` corrupt/odd files to ``localize`` and ``build-index``; returns outcome counts and crash examples."""
-    from mobilegeo_ros.ros.testing import render_views, synthetic_setup
+    from synthetic_world import render_views, synthetic_setup
 
     rng = np.random.default_rng(seed)
     setup = synthetic_setup()

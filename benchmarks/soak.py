@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Accelerated long replay through the node's pipeline: memory and latency over time, and the honesty figures.
 
-A drone flies laps of a circle over the synthetic test map (:func:`mobilegeo_ros.ros.testing.synthetic_setup`,
+A drone flies laps of a circle over the synthetic test map (test/synthetic_world.py `synthetic_setup`,
 200 m × 200 m) at ``--speed`` m/s; one lap of nadir views (``--size``, default 160×120) is rendered once and replayed
 lap after lap with increasing stamps at ``--rate`` Hz until ``--hours`` of flight time have been fed to
 :meth:`LocalizationPipeline.process` (the real localizer, window, refinement and Kalman filter), as fast as the CPU
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))  # test helpers: synthetic_world
 
 from mobilegeo_ros import config as config_mod  # noqa: E402
 from mobilegeo_ros.eval.localization import summarize_errors  # noqa: E402
@@ -56,7 +57,7 @@ def slope_per_hour(t_h: np.ndarray, y: np.ndarray) -> float:
 
 def lap_views(setup, rate_hz: float, speed_mps: float, radius_m: float, size: tuple[int, int], altitude_m: float):
     """One lap of the circle: ``[(Image fields, (lat, lon))]`` for the frames of one lap at ``rate_hz``."""
-    from mobilegeo_ros.ros.testing import render_views
+    from synthetic_world import render_views
 
     n = max(8, int(round(2 * math.pi * radius_m / speed_mps * rate_hz)))
     span = 200.0  # SMALL_MAP: 400 px at 0.5 m
@@ -70,7 +71,7 @@ def soak(hours: float, rate_hz: float, speed_mps: float = 5.0, radius_m: float =
          size: tuple[int, int] = (160, 120), altitude_m: float = 60.0, samples: int = 60, warmup: float = 0.1,
          max_wall_s: float | None = None, progress: bool = True) -> dict:
     from mobilegeo_ros.localizer import Localizer
-    from mobilegeo_ros.ros.testing import synthetic_setup
+    from synthetic_world import synthetic_setup
 
     setup = synthetic_setup()
     cfg = config_mod.from_dict({**setup.overrides, "node": {"window_size": 5, "window_s": 2.0, "max_views": 3}})

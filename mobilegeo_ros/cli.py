@@ -169,13 +169,17 @@ def cmd_localize(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mobilegeo_ros.demo import adapt_demo_weights, default_cache_dir, format_table, run_demo
+    from mobilegeo_ros.demo import (
+        adapt_demo_weights, default_cache_dir, format_flight_table, format_table, run_demo, run_demo_flight,
+    )
     from mobilegeo_ros.model.weights import default_student_weights, resolve_default_weights, shipped_mobilenetv2_path
 
     cfg = _apply_backend(_config(args.config), args)
     out = Path(args.out) if args.out else default_cache_dir() / "demo"
     if args.adapt_minutes < 0:
         raise CliError(f"--adapt-minutes {args.adapt_minutes:g}: must be >= 0")
+    if not (math.isfinite(args.flight_s) and args.flight_s >= 0):
+        raise CliError(f"--flight-s {args.flight_s:g}: must be >= 0")
 
     def with_weights(weights: str):
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=weights))
@@ -204,6 +208,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"recall@k: a retrieved tile is correct when the ground point under the image centre lies in it; errors "
               f"are to the drone position. Total {summary['total_time_s']:.0f} s.")
         print(f"report: {summary_path.parent} (summary.json, fixes.csv, track.png)")
+    if args.flight_s > 0:
+        path = run_demo_flight(out / "flight", cfg, seconds=args.flight_s, seed=args.seed, progress=not args.quiet)
+        flight = json.loads(path.read_text())
+        print(f"\nA {flight['seconds']:g} s flight at {flight['rate_hz']:g} Hz over the WV3 imagery, every frame through "
+              f"the tracker ({flight['matcher']} keyframes every {cfg.tracker.keyframe_every_s:g} s, tracked in "
+              "between; IMU attitude + altitude + field of view):")
+        print(format_flight_table(flight))
+        print(f"report: {path.parent} (summary.json, frames.csv)")
     if len(summaries) > 1:
         base_name, _, a = summaries[0]
         for name, _, b in summaries[1:]:
@@ -417,6 +429,9 @@ def _add_demo_verb(sub: argparse._SubParsersAction) -> None:
                                    "track.png.")
     p.add_argument("--out", metavar="DIR", help="report directory (default: ~/.cache/mobilegeo/demo)")
     p.add_argument("--views", type=int, default=40, help="number of drone views (default 40)")
+    p.add_argument("--flight-s", type=float, default=10.0, metavar="S",
+                   help="then fly S seconds at 10 Hz through the tracker (verified keyframes, tracked frames in "
+                        "between); 0 = no flight (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapt-minutes", type=float, default=0.0, metavar="M",
                    help="first adapt the student to the WV2 map for M minutes (mobilegeo adapt; cached in "

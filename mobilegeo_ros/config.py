@@ -248,6 +248,9 @@ class NodeConfig:
     keyframes_in_background: bool = _f(True, "register keyframes in a worker thread while every frame is tracked "
                                              "(camera rate); false = inline: a frame waits for its registration "
                                              "(what mobilegeo localize and the demo do)")
+    opencv_threads: int = _f(1, "OpenCV worker threads (cv2.setNumThreads); 1 keeps a background keyframe "
+                                "registration on one core so the per-frame tracking keeps the other; 0 = OpenCV's "
+                                "default (all cores)", min=0, max=256)
     heading_feedback_s: float = _f(1.0, "without an IMU heading, the heading registered on a frame at most this "
                                         "much older is the next frames' yaw prior (narrows the search), seconds; 0 = "
                                         "off", min=0.0)

@@ -48,8 +48,8 @@ from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decid
 from mobilegeo_ros.geo.imageops import center_square, rotate_to_heading
 from mobilegeo_ros.geo.raster import GeoError, read_orthophoto
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground
+from mobilegeo_ros.index.facts import IndexFacts, use_runtime_config
 from mobilegeo_ros.index.tile_index import (
-    IndexFileError,
     IndexMismatchError,
     TileIndex,
     group_by_tile,
@@ -163,16 +163,12 @@ class Localizer:
     def from_files(cls, index_dir: str | Path, cfg: Config | None = None) -> Localizer:
         """Load the index at ``index_dir`` and the model named by ``cfg.model``; refuse a model/index mismatch.
 
-        Without ``cfg`` the settings the index was built with are used (stored in its ``index.json``).
+        Without ``cfg`` the build-time settings the index records (map, model, index: ``index.json``) and the
+        default runtime settings are used.
         """
         index = TileIndex.load(index_dir)
         if cfg is None:
-            stored = index.map_info.get("build_config")
-            if stored is None:
-                raise IndexFileError(f"index {str(index_dir)!r} does not record the config it was built with; "
-                                     "pass one (--config)")
-            cfg = from_dict(stored)
-        from mobilegeo_ros.index.facts import use_runtime_config
+            cfg = IndexFacts.read(index_dir).build_config()
         use_runtime_config(index, cfg)  # a config contradicting the index is refused; its search knobs apply
         model = load_model(cfg.model)
         diffs = identity_differences(index.identity, model.identity())

@@ -66,3 +66,16 @@ def test_heading_comes_from_the_best_copy_and_sigma_floor_and_scale_apply():
     scaled = _run([0.9, 0.3], [[0, 0], [10, 0]], sigma_scale=2.0)
     base = _run([0.9, 0.3], [[0, 0], [10, 0]])
     assert scaled.sigma_m == pytest.approx(2 * base.sigma_m, rel=1e-6)
+
+
+def test_no_fix_estimates_carry_no_position_at_all():
+    """Every no-fix path leaves nothing a consumer could mistake for a position (mutation survivors of _no_fix)."""
+    empty = estimate(np.zeros(0), np.zeros(0, int), *[np.zeros(0)] * 4, EstimatorConfig())
+    for est in (empty, estimate(np.array([np.nan]), np.array([-1]), *[np.zeros(1)] * 4, EstimatorConfig())):
+        assert est.status == "no_fix" and est.reason
+        assert isinstance(est.easting, float) and np.isnan(est.easting) and np.isnan(est.northing)
+        assert est.cov_en.shape == (2, 2) and np.all(np.isnan(est.cov_en)) and np.isnan(est.sigma_m)
+        assert est.heading_deg is None and est.best_row == -1
+        assert est.cluster_share == 0.0 and est.margin == 0.0
+    assert empty.reason == "no candidate tiles"
+    assert np.isnan(empty.score)

@@ -47,7 +47,7 @@ def test_corrupt_files_given_to_the_cli_are_one_line_errors(fuzz):
 def test_cli_process_truncated_jpeg_and_tiff(tmp_path, fuzz):
     """The same through a real `mobilegeo` process: no traceback, exit 2, one line naming the file."""
     from mobilegeo_ros.io.images import encode_compressed
-    from mobilegeo_ros.ros.testing import synthetic_setup
+    from synthetic_world import synthetic_setup
 
     setup = synthetic_setup()
     jpg = tmp_path / "cut.jpg"

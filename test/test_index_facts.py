@@ -13,7 +13,7 @@ from mobilegeo_ros import config as config_mod
 from mobilegeo_ros.index.facts import IndexFacts, IndexFileError, IndexMismatchError, check_runtime_config
 from mobilegeo_ros.index.tile_index import COLUMNS, TileIndex
 from mobilegeo_ros.localizer import Localizer
-from mobilegeo_ros.ros.testing import SMALL_CONFIG, synthetic_setup
+from synthetic_world import SMALL_CONFIG, synthetic_setup
 
 IVF_CONFIG = {**SMALL_CONFIG, "index": {"rotations": 4, "kind": "ivf", "ivf_nlist": 2, "ivf_nprobe": 1}}
 

@@ -73,7 +73,7 @@ def test_ros2_launch_reads_config_publishes_fix_and_exits_cleanly(tmp_path):
     from sensor_msgs.msg import Image, NavSatFix, NavSatStatus
 
     from mobilegeo_ros.io.images import encode_image
-    from mobilegeo_ros.ros.testing import render_views, synthetic_setup
+    from synthetic_world import render_views, synthetic_setup
 
     # an index built with the defaults, which is what the installed localize.yaml holds
     setup = synthetic_setup(overrides={})

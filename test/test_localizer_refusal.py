@@ -11,7 +11,7 @@ from mobilegeo_ros import config as config_mod
 from mobilegeo_ros.index import IndexMismatchError
 from mobilegeo_ros.localizer import Localizer
 from mobilegeo_ros.model.weights import resolve_default_weights, shipped_mobilenetv2_path
-from mobilegeo_ros.ros.testing import synthetic_setup
+from synthetic_world import synthetic_setup
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from mobilegeo_ros.geo.raster import GeoError, read_orthophoto
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground, photometric, render_view
 from mobilegeo_ros.geo.synthetic import write_synthetic_geotiff
 from mobilegeo_ros.localizer import Localizer, Priors
-from mobilegeo_ros.ros.testing import synthetic_setup
+from synthetic_world import synthetic_setup
 
 CAM = CameraModel(480, 360, 70.0)
 

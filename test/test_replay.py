@@ -27,7 +27,7 @@ from mobilegeo_ros.io.bag import TOPIC_COMPRESSED, read_bag, typestore, write_fl
 from mobilegeo_ros.ros.replay import run_replay  # noqa: E402
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, render_view  # noqa: E402
 from mobilegeo_ros.geo.raster import read_orthophoto  # noqa: E402
-from mobilegeo_ros.ros.testing import synthetic_setup  # noqa: E402
+from synthetic_world import synthetic_setup  # noqa: E402
 
 FRAMES = 20
 GEOD = Geod(ellps="WGS84")

@@ -28,7 +28,7 @@ from std_msgs.msg import Float64  # noqa: E402
 from mobilegeo_ros.geo.enu import LocalENU  # noqa: E402
 from mobilegeo_ros.io.images import encode_compressed, encode_image  # noqa: E402
 from mobilegeo_ros.ros.node import LocalizeNode  # noqa: E402
-from mobilegeo_ros.ros.testing import render_views, synthetic_setup  # noqa: E402
+from synthetic_world import render_views, synthetic_setup  # noqa: E402
 
 DOMAIN_ID = 61
 GROUND_ALT = 1500.0

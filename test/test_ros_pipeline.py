@@ -113,7 +113,7 @@ def test_diagnostic_levels():
 @pytest.fixture(scope="module")
 def pipeline():
     from mobilegeo_ros.localizer import Localizer
-    from mobilegeo_ros.ros.testing import render_views, synthetic_setup
+    from synthetic_world import render_views, synthetic_setup
 
     setup = synthetic_setup()
     # each frame localized on its own (tracking off): the pipeline's own job is decoding and counting

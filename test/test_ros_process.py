@@ -21,7 +21,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, NavSatFix, NavSatStatus  # noqa: E402
 
 from mobilegeo_ros.io.images import encode_image  # noqa: E402
-from mobilegeo_ros.ros.testing import render_views, synthetic_setup  # noqa: E402
+from synthetic_world import render_views, synthetic_setup  # noqa: E402
 
 DOMAIN_ID = 62
 # Start-up (imports, model load, index load) to the refusal: measured 40 s on 2 CPU cores shared by four test runs

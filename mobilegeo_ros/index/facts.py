@@ -104,16 +104,23 @@ class IndexFacts:
 
     @property
     def build_config_dict(self) -> dict[str, Any]:
-        """The config of the build as nested dicts (YAML layout); :class:`IndexFileError` when not recorded."""
+        """The build-time sections (:data:`BUILD_SECTIONS`: what the index IS) of the config it was built with, as
+        nested dicts; :class:`IndexFileError` when not recorded. Runtime sections stored with older indexes are
+        ignored: runtime settings come from the runtime config (defaults, YAML, parameters), so renaming a runtime
+        key never makes an index unreadable."""
         stored = self.map_info.get("build_config")
         if not isinstance(stored, dict):
             raise IndexFileError(f"index {str(self.index_dir)!r}: {META_FILE} does not record the config it was "
                                  "built with; pass one (--config)")
-        return stored
+        return {k: v for k, v in stored.items() if k in BUILD_SECTIONS}
 
     def build_config(self) -> Config:
         """The validated :class:`Config` the index was built with (the default settings to serve it with)."""
         return from_dict(self.build_config_dict)
+
+
+#: Config sections that describe an index (how it was cut and embedded); the rest are runtime settings.
+BUILD_SECTIONS = ("map", "model", "index")
 
 
 def check_runtime_config(facts: IndexFacts, cfg: Config) -> None:

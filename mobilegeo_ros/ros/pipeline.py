@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from mobilegeo_ros.config import Config
@@ -286,6 +287,8 @@ class LocalizationPipeline:
     def __init__(self, localizer, cfg: Config, stats: Stats | None = None):
         self.loc, self.cfg = localizer, cfg
         self.stats = stats or Stats()
+        if cfg.node.opencv_threads > 0:
+            cv2.setNumThreads(cfg.node.opencv_threads)
         self.tracker = Tracker(localizer, cfg, background=cfg.node.keyframes_in_background)
 
     def decode(self, frame: Frame) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from mobilegeo_ros import config as config_mod
 
-PKG = Path(__file__).resolve().parents[1]
+PKG = Path(__file__).resolve().parents[1] / "mobilegeo_ros"
 
 #: A 200 m × 200 m map at 0.5 m, 60 m tiles, 4 gallery rotations, 128 px model input: about 100 vectors.
 SMALL_MAP = {"width_px": 400, "height_px": 400, "gsd_m": 0.5, "seed": 3}
