@@ -206,8 +206,8 @@ def fuzz_messages(n: int, seed: int = 0, valid_every: int = 10, clean_track: int
             max_s_by_kind[name] = max(max_s_by_kind[name], dt)
         after = pipe.stats.snapshot()
         if out is not None:
-            outcomes[out.status] += 1
-            if not (out.status != "fix" or all(map(math.isfinite, (out.e, out.n, out.lat, out.lon)))
+            outcomes["fix" if out.status.is_fix else out.status.value] += 1
+            if not (not out.status.is_fix or all(map(math.isfinite, (out.e, out.n, out.lat, out.lon)))
                     and np.all(np.isfinite(out.cov_en))):
                 crashes.append(f"{name}: a fix with a non-finite position or covariance")
         elif after["errors"] > before["errors"]:
@@ -226,10 +226,11 @@ def fuzz_messages(n: int, seed: int = 0, valid_every: int = 10, clean_track: int
     track = render_views(setup, [(0.3 + 0.4 * k / max(clean_track - 1, 1), 0.5) for k in range(clean_track)])
     for rgb, _, (lat, lon) in track:
         stamp += 0.2
-        out = pipe.process(Frame("raw", encode_image(rgb, "rgb8"), stamp_s=stamp))
-        clean[out.status if out else "none"] += 1
-        if out is not None and out.status == "fix":
-            e, n_, _ = pipe.enu.to_enu(lat, lon, cfg.node.ground_alt_m)
+        # the priors a camera with camera_info and an altimeter gives (render_views: 60 m, 70° field of view)
+        out = pipe.process(Frame("raw", encode_image(rgb, "rgb8"), stamp_s=stamp), Priors(altitude_m=60.0, hfov_deg=70.0))
+        clean[("fix" if out.status.is_fix else out.status.value) if out else "none"] += 1
+        if out is not None and out.status.is_fix:
+            e, n_, _ = pipe.tracker.enu.to_enu(lat, lon, cfg.node.ground_alt_m)
             errs.append(math.hypot(out.e - e, out.n - n_))
     return {
         "messages": n, "seconds": fuzz_s, "crashes": len(crashes), "crash_examples": crashes[:10],

@@ -96,12 +96,12 @@ def soak(hours: float, rate_hz: float, speed_mps: float = 5.0, radius_m: float =
         done = k + 1
         if out is not None:
             window_lat.append(1e3 * out.latency_s)
-            if out.status == "fix":
-                e, n, _ = pipe.enu.to_enu(lat, lon, cfg.node.ground_alt_m)
+            if out.status.is_fix:
+                e, n, _ = pipe.tracker.enu.to_enu(lat, lon, cfg.node.ground_alt_m)
                 errors[k] = math.hypot(out.e - e, out.n - n)
                 sigmas[k] = math.sqrt(max(np.trace(out.cov_en), 0.0) / 2.0)
                 is_fix[k] = True
-        max_window = max(max_window, len(pipe.window))
+        max_window = max(max_window, len(pipe.tracker.window))
         if (k + 1) % every == 0 or k + 1 == frames:
             t_h.append((k + 1) / rate_hz / 3600.0)
             rss.append(rss_mb())
@@ -128,7 +128,7 @@ def soak(hours: float, rate_hz: float, speed_mps: float = 5.0, radius_m: float =
         "latency_slope_ms_per_h": slope_per_hour(t_h[fit], lat_ms[fit]),
         "latency_p99_ms_last100": snap["latency_p99_ms"],
         "max_window": max_window, "latency_deque": len(pipe.stats.latencies_s),
-        "receipts_deque": len(pipe.stats.receipts_s), "filter_counts": dict(pipe.filter.counts),
+        "receipts_deque": len(pipe.stats.receipts_s), "filter_counts": dict(pipe.tracker.filter.counts),
         "stats": {k: snap[k] for k in ("processed", "fixes", "no_fixes", "errors", "rejected", "filter_rejected")},
         "honesty": summ.as_dict(),
         "samples": {"t_h": t_h.tolist(), "rss_mb": rss.tolist(), "latency_ms": lat_ms.tolist()},

@@ -293,7 +293,7 @@ class _Worker:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=2.0)  # a running registration is not interrupted; the thread is a daemon
 
     def _run(self) -> None:
         while True:
