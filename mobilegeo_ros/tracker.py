@@ -293,7 +293,9 @@ class _Worker:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=2.0)  # a running registration is not interrupted; the thread is a daemon
+        # a running registration is not interrupted: wait for it (an interpreter exiting while a daemon thread is
+        # inside OpenCV aborts the process: "terminate called without an active exception")
+        self._thread.join(timeout=15.0)
 
     def _run(self) -> None:
         while True:
