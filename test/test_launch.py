@@ -46,6 +46,15 @@ def test_launch_file_declares_the_arguments():
         assert f'"{arg}"' in text
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT/SIGTERM unblocked and at their default action. A blocked mask or an ignored
+    SIGINT is inherited across exec, and threads started by earlier tests in this pytest process (executors, torch)
+    can leave the spawning thread with SIGINT blocked: ros2 launch then never sees the test's Ctrl-C."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _launch_stack_reason() -> str | None:
     bindir = Path(sys.executable).parent
     if not (bindir / "ros2").exists():
@@ -85,7 +94,7 @@ def test_ros2_launch_reads_config_publishes_fix_and_exits_cleanly(tmp_path):
     cmd = [shutil.which("ros2", path=env["PATH"]), "launch", "mobilegeo_ros", "localize.launch.py",
            f"index_dir:={setup.index_dir}", "namespace:=drone1", "image_topic:=/cam/image_raw"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_signals)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()

@@ -246,6 +246,14 @@ def _log_tail(path: Path, n: int = 15) -> str:
         return ""
 
 
+def _default_signals() -> None:
+    """In the node's process before exec: SIGINT/SIGTERM unblocked and at their default action (a blocked mask or an
+    ignored SIGINT of the calling thread is inherited across exec, and the node must stop on the driver's SIGINT)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _stop(proc: subprocess.Popen) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -295,7 +303,7 @@ def _play(bag: Path, play: dict[str, str], image_topic: str, node_params: dict[s
 
         cmd = _node_command(node_params, remaps)
         say(f"starting the node (ROS_DOMAIN_ID={domain}): {' '.join(cmd[1:4])} ...")
-        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_default_signals)
         t_start = time.monotonic()
         while True:
             if proc.poll() is not None:
