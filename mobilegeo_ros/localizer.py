@@ -41,7 +41,9 @@ from mobilegeo_ros.config import Config, MapConfig, from_dict
 from mobilegeo_ros.estimator.pose import (
     CameraPoseEstimate, intrinsics, pose_from_homography_estimate, solve_camera_pose,
 )
-from mobilegeo_ros.estimator.refine import Choice, Refiner, Registration, choose, expected_gsd
+from mobilegeo_ros.estimator.refine import (
+    Choice, Refiner, Registration, calibrated_covariance, choose, expected_gsd,
+)
 from mobilegeo_ros.estimator.refine import map_identity as refine_map_identity
 from mobilegeo_ros.estimator.retrieval import RetrievalEstimate, estimate
 from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decide_status
@@ -510,10 +512,7 @@ class Localizer:
             try:
                 if reg.inlier_view_px is not None and len(reg.inlier_view_px) >= 6:
                     pose = solve_camera_pose(reg.inlier_view_px, reg.inlier_map_en, k, reg.homography)
-                    pose_cov = 0.5 * (pose.cov_en + pose.cov_en.T) * rc.sigma_scale**2
-                    s2 = float(np.trace(pose_cov)) / 2.0
-                    if s2 < rc.sigma_floor_m**2:
-                        pose_cov = pose_cov + np.eye(2) * (rc.sigma_floor_m**2 - s2)
+                    pose_cov = calibrated_covariance(pose.cov_en, rc)
                     # The residuals of one registration underrate the tilt error (correlated parallax and date
                     # changes): altitude·tan(pose_tilt_sigma_deg) more (measured: docs/tracker.md).
                     pose_cov = pose_cov + np.eye(2) * (pose.altitude_m

@@ -50,7 +50,7 @@ import numpy as np
 
 from mobilegeo_ros.config import Config
 from mobilegeo_ros.estimator.kalman import ConstantVelocityFilter, chi2_2dof_quantile
-from mobilegeo_ros.estimator.refine import Registration
+from mobilegeo_ros.estimator.refine import Registration, centre_geometry
 from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decide_status
 from mobilegeo_ros.geo.enu import LocalENU
 from mobilegeo_ros.io import FlightStackFix
@@ -206,17 +206,10 @@ def image_overlap(t_cur_to_ref: np.ndarray, width_px: int, height_px: int) -> fl
 
 
 def homography_centre(h: np.ndarray, width_px: int, height_px: int) -> tuple[float, float, float, float]:
-    """``(e, n, heading_deg, gsd_m)`` of a view→map homography at the image centre (as refine.py measures them)."""
-    def to_map(u: float, v: float) -> np.ndarray:
-        p = h @ np.array([u, v, 1.0])
-        return p[:2] / p[2]
-
-    c = to_map(width_px / 2.0, height_px / 2.0)
-    du = to_map(width_px / 2.0 + 1.0, height_px / 2.0) - c
-    dv = to_map(width_px / 2.0, height_px / 2.0 - 1.0) - c
-    heading = math.degrees(math.atan2(dv[0], dv[1])) % 360.0
-    gsd = math.sqrt(abs(float(np.linalg.det(np.c_[du, -dv]))))
-    return float(c[0]), float(c[1]), heading, gsd
+    """``(e, n, heading_deg, gsd_m)`` of a view→map homography at the image centre, as a registration measures them
+    (:func:`mobilegeo_ros.estimator.refine.centre_geometry`)."""
+    e, n, heading, jac = centre_geometry(h, width_px, height_px)
+    return e, n, heading, math.sqrt(abs(float(np.linalg.det(jac))))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,15 +219,13 @@ def homography_centre(h: np.ndarray, width_px: int, height_px: int) -> tuple[flo
 @dataclass
 class _Keyframe:
     """A map registration of frame ``seq``: ``h_map`` (its view pixels → map), the drone position and covariance at
-    that frame, and the localization that produced it."""
+    that frame."""
 
     seq: int
     h_map: np.ndarray
     easting: float
     northing: float
     cov_en: np.ndarray
-    inliers: int
-    fix: Fix | None
     relocalized: bool = False
     reason: str = ""
 
@@ -281,13 +272,6 @@ class _Worker:
         with self._cond:
             out, self._done = self._done, []
             return out
-
-    def wait_idle(self, timeout: float) -> None:
-        """Block until no job is queued or running (tests, the end of a replay)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while (self._busy or self._job is not None) and time.monotonic() < deadline:
-                self._cond.wait(0.01)
 
     def close(self) -> None:
         with self._cond:
@@ -369,11 +353,6 @@ class Tracker:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.close()
-
-    def wait_idle(self, timeout: float = 30.0) -> None:
-        """Background mode: wait for the running keyframe job (so the next frame applies it)."""
-        if self._worker is not None:
-            self._worker.wait_idle(timeout)
 
     # -- the frame's journey ----------------------------------------------------------------------------------------
     def process(self, image: np.ndarray, stamp_s: float, priors: Priors | None = None, frame: Any = None
@@ -575,8 +554,7 @@ class Tracker:
             # The track carries the solved pose's covariance, or (no intrinsics) the registered centre's: the
             # unknown-tilt allowance is added per frame when the drone is placed.
             cov = fix.cov_en if fix.pose is not None else fix.registration.cov_en
-            kf = _Keyframe(seq, fix.registration.homography, fix.easting, fix.northing, cov, fix.inliers, fix,
-                           reason=fix.reason)
+            kf = _Keyframe(seq, fix.registration.homography, fix.easting, fix.northing, cov, reason=fix.reason)
             return _Attempt(seq, kf, RegistrationOutcome.VERIFIED, fix.reason, fix=fix, ms=ms)
         outcome = (RegistrationOutcome.AMBIGUOUS if fix.reason.startswith("ambiguous")
                    else RegistrationOutcome.UNVERIFIED)
@@ -615,7 +593,7 @@ class Tracker:
         if isinstance(placed, str):
             return _Attempt(seq, None, RegistrationOutcome.UNVERIFIED, placed, ms=ms)
         e, n, cov, _, pose = placed
-        kf = _Keyframe(seq, reg.homography, e, n, cov if pose is not None else reg.cov_en, reg.inliers, None,
+        kf = _Keyframe(seq, reg.homography, e, n, cov if pose is not None else reg.cov_en,
                        reason=f"keyframe: {choice.reason}")
         pe, pn = self._track_position(track, priors, w_px, h_px)
         if self._agrees(kf, pe, pn, track.cov_en):

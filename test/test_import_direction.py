@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from import_graph import imported_modules
+
 PKG = Path(__file__).resolve().parents[1] / "mobilegeo_ros"
 ROS_ONLY = {"rclpy", "sensor_msgs", "geometry_msgs", "nav_msgs", "diagnostic_msgs", "std_msgs", "builtin_interfaces",
             "rosidl_runtime_py", "launch", "launch_ros"}
@@ -44,24 +46,6 @@ def test_core_modules_import_without_loading_rclpy():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _imported_modules(source: str, package: str) -> set[str]:
-    """Every absolute module name ``source`` (a module of ``package``) imports, at any level (module, function,
-    class); relative imports are resolved against ``package``."""
-    tree = ast.parse(source)
-    package = package.split(".")
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
-            names.add(base)
-            names |= {f"{base}.{a.name}" for a in node.names}  # `from mobilegeo_ros import localizer`
-    return names
-
-
 def _package_of(path: Path) -> str:
     return ".".join(["mobilegeo_ros", *path.relative_to(PKG).parent.parts])
 
@@ -75,7 +59,7 @@ def test_model_does_not_import_the_layers_above_it():
     files = sorted((PKG / "model").rglob("*.py"))
     assert len(files) > 5
     offenders = {
-        str(p.relative_to(PKG)): sorted(m for m in _imported_modules(p.read_text(), _package_of(p))
+        str(p.relative_to(PKG)): sorted(m for m in imported_modules(p.read_text(), _package_of(p))
                                         if any(m == up or m.startswith(up + ".") for up in ABOVE_MODEL))
         for p in files
     }
@@ -84,5 +68,5 @@ def test_model_does_not_import_the_layers_above_it():
 
 def test_import_scanner_sees_function_level_and_relative_imports():
     source = "def f():\n    from mobilegeo_ros.localizer import center_square\n    from ..index import build\n"
-    names = _imported_modules(source, "mobilegeo_ros.model")
+    names = imported_modules(source, "mobilegeo_ros.model")
     assert "mobilegeo_ros.localizer" in names and "mobilegeo_ros.index.build" in names

@@ -5,9 +5,10 @@ benchmarks/, not in the package."""
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
+
+from import_graph import imported_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mobilegeo_ros"
@@ -27,20 +28,8 @@ def package_modules() -> dict[str, Path]:
 
 
 def imported_names(source: str, module: str, is_package: bool) -> set[str]:
-    """Absolute names a module imports anywhere in its body (module, function and class level), relative imports
-    resolved; ``from a import b`` yields both ``a`` and ``a.b`` (b may be a submodule)."""
-    here = module.split(".") if is_package else module.split(".")[:-1]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(here[:len(here) - node.level + 1] + ([base] if base else []))
-            names.add(base)
-            names |= {f"{base}.{a.name}" for a in node.names}
-    return names
+    """Absolute names the module ``module`` imports anywhere in its body (:func:`import_graph.imported_modules`)."""
+    return imported_modules(source, module if is_package else module.rpartition(".")[0])
 
 
 def entry_modules() -> set[str]:

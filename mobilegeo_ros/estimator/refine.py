@@ -565,6 +565,33 @@ def match_and_verify(qf: Features, wf: Features, matcher: Matcher, cfg: RefineCo
                           yaw_prior_deg, window, consistency_filters=matcher.oriented)
 
 
+def calibrated_covariance(cov: np.ndarray, cfg: RefineConfig) -> np.ndarray:
+    """A covariance propagated from inlier residuals (2×2, m²) made honest for real imagery: symmetrised, scaled by
+    ``refine.sigma_scale²`` and floored at ``refine.sigma_floor_m`` of 1-sigma (the residuals of a flat-ground model
+    ignore building parallax and the correlated errors of another acquisition date)."""
+    cov = 0.5 * (cov + cov.T) * cfg.sigma_scale**2
+    s2 = float(np.trace(cov)) / 2.0
+    if s2 < cfg.sigma_floor_m**2:
+        cov = cov + np.eye(2) * (cfg.sigma_floor_m**2 - s2)
+    return cov
+
+
+def _to_map(h_map: np.ndarray, u: float, v: float) -> np.ndarray:
+    p = h_map @ np.array([u, v, 1.0])
+    return np.array([p[0] / p[2], p[1] / p[2]])
+
+
+def centre_geometry(h_map: np.ndarray, width_px: int, height_px: int) -> tuple[float, float, float, np.ndarray]:
+    """``(e, n, heading_deg, jac)`` of a view→map homography at the image centre: the ground point (map metres), the
+    compass heading of the image's up direction, and ``jac`` = d(e, n)/d(u, v) (2×2, one-pixel differences, image y
+    down; ``sqrt|det jac|`` is the ground resolution in metres per view pixel)."""
+    c = _to_map(h_map, width_px / 2.0, height_px / 2.0)
+    du = _to_map(h_map, width_px / 2.0 + 1.0, height_px / 2.0) - c  # image right
+    dv = _to_map(h_map, width_px / 2.0, height_px / 2.0 - 1.0) - c  # image up
+    heading = float(math.degrees(math.atan2(dv[0], dv[1])) % 360.0)
+    return float(c[0]), float(c[1]), heading, np.c_[du, -dv]
+
+
 def fit_and_verify(qf: Features, wf: Features, qi: np.ndarray, wi: np.ndarray, cfg: RefineConfig,
                    view_to_match: np.ndarray, level_to_map: np.ndarray, size_px: tuple[int, int],
                    expected_gsd_m: float | None, gsd_known: bool, yaw_prior_deg: float | None = None,
@@ -603,14 +630,9 @@ def fit_and_verify(qf: Features, wf: Features, qi: np.ndarray, wi: np.ndarray, c
     reg = Registration(False, "", inliers=n_in, matches=n_matches, homography=h_map)
 
     def to_map(u, v):
-        p = h_map @ np.array([u, v, 1.0])
-        return np.array([p[0] / p[2], p[1] / p[2]])
+        return _to_map(h_map, u, v)
 
-    c = to_map(w / 2.0, h / 2.0)
-    reg.center_e, reg.center_n = float(c[0]), float(c[1])
-    du, dv = to_map(w / 2.0 + 1.0, h / 2.0) - c, to_map(w / 2.0, h / 2.0 - 1.0) - c  # image right, image up
-    reg.heading_deg = float(math.degrees(math.atan2(dv[0], dv[1])) % 360.0)
-    jac = np.c_[du, -dv]  # d(e, n)/d(u, v)
+    reg.center_e, reg.center_n, reg.heading_deg, jac = centre_geometry(h_map, w, h)
     det = float(np.linalg.det(jac))
     sv = np.linalg.svd(jac, compute_uv=False)
     reg.gsd_m = float(math.sqrt(abs(det)))
@@ -662,11 +684,7 @@ def fit_and_verify(qf: Features, wf: Features, qi: np.ndarray, wi: np.ndarray, c
     if not np.all(np.isfinite(cov)):
         reg.reason = "degenerate inlier geometry (singular covariance)"
         return reg
-    cov = 0.5 * (cov + cov.T) * cfg.sigma_scale**2
-    s2 = np.trace(cov) / 2.0
-    if s2 < cfg.sigma_floor_m**2:
-        cov = cov + np.eye(2) * (cfg.sigma_floor_m**2 - s2)
-    reg.cov_en = cov
+    reg.cov_en = calibrated_covariance(cov, cfg)
     reg.inlier_view_px, reg.inlier_map_en = src_view, dst_map
     reg.ok, reg.reason = True, f"{n_in} inliers of {n_matches} matches, rmse {rmse:.2f} m"
     return reg
@@ -730,5 +748,6 @@ def register_window(image: np.ndarray, ortho: Orthophoto, center_e: float, cente
 
 
 __all__ = ["Choice", "Features", "MAP_FEATURE_CACHE_FORMAT", "MapFeatureCacheError", "MapFeatures", "Query",
-           "Refiner", "Registration", "centre_covariance", "choose", "equalise", "expected_gsd", "fit_and_verify",
-           "fingerprint_differences", "map_identity", "match_and_verify", "north_up_rotation", "precompute_map_features", "register_window", "warp_continuous"]
+           "Refiner", "Registration", "calibrated_covariance", "centre_covariance", "centre_geometry", "choose",
+           "equalise", "expected_gsd", "fit_and_verify", "fingerprint_differences", "map_identity",
+           "match_and_verify", "north_up_rotation", "precompute_map_features", "register_window", "warp_continuous"]

@@ -106,6 +106,13 @@ def _node_only_from_file(path: str) -> dict:
     return {}
 
 
+def _altitude_variance(out: Output) -> float:
+    """Variance (m²) of the published altitude: the prior's (1 m assumed: the message carries none) or the solved
+    camera pose's; :data:`UNKNOWN_VARIANCE` when the altitude is unknown."""
+    known = math.isfinite(out.altitude_m) and math.isfinite(out.altitude_sigma_m)
+    return float(out.altitude_sigma_m) ** 2 if known else UNKNOWN_VARIANCE
+
+
 def _stamp_s(stamp) -> float:
     return stamp.sec + 1e-9 * stamp.nanosec
 
@@ -344,9 +351,7 @@ class LocalizeNode(Node):
         msg.altitude = float(out.alt_m) if known_alt else math.nan
         cov = [0.0] * 9
         cov[0], cov[4] = float(out.cov_en[0, 0]), float(out.cov_en[1, 1])
-        # a prior's (1 m assumed: the message carries none) or the solved camera pose's
-        cov[8] = float(out.altitude_sigma_m) ** 2 if known_alt and math.isfinite(out.altitude_sigma_m) \
-            else UNKNOWN_VARIANCE
+        cov[8] = _altitude_variance(out)
         msg.position_covariance = cov
         msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
         return msg
@@ -361,8 +366,7 @@ class LocalizeNode(Node):
         cov = [0.0] * 36
         cov[0], cov[1], cov[6], cov[7] = (float(out.cov_en[0, 0]), float(out.cov_en[0, 1]), float(out.cov_en[1, 0]),
                                           float(out.cov_en[1, 1]))
-        cov[14] = float(out.altitude_sigma_m) ** 2 if math.isfinite(out.u) and math.isfinite(out.altitude_sigma_m) \
-            else UNKNOWN_VARIANCE
+        cov[14] = _altitude_variance(out)
         cov[21] = cov[28] = UNKNOWN_VARIANCE  # roll and pitch are not estimated
         o = msg.pose.pose.orientation
         if out.heading_deg is not None and math.isfinite(out.heading_deg):
