@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg_file.write_text(yaml.safe_dump(setup.overrides))
         cmd = [sys.executable, "-m", "mobilegeo_ros.ros.node", "--ros-args", "-p", f"index_dir:={setup.index_dir}",
                "-p", f"config_file:={cfg_file}", "-p", f"model.backend:={args.backend}", "-p",
-               f"model.num_threads:={args.threads}", "-p", "node.qos_reliable:=true"]
+               f"model.num_threads:={args.threads}",
+               "-p", "qos_overrides./image.subscription.reliability:=reliable"]
         for p in args.param:
             cmd += ["-p", p]
         log = open(Path(tmp) / "node.log", "w")  # noqa: SIM115 - closed below

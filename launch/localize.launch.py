@@ -1,11 +1,13 @@
 """Start the mobilegeo_ros localize_node.
 
     ros2 launch mobilegeo_ros localize.launch.py index_dir:=/path/to/index [config_file:=my.yaml] [model:=w.safetensors]
-        [backend:=torch|onnxruntime] [namespace:=drone1] [image_topic:=/camera/image_raw] [use_sim_time:=true]
+        [backend:=torch|onnxruntime] [namespace:=drone1] [image_topic:=/camera/image_raw]
+        [image_transport:=raw|compressed] [use_sim_time:=true]
 
 config_file defaults to the installed share/mobilegeo_ros/config/localize.yaml; the node loads it with the same loader
-as the CLI and the other arguments override it. Empty model/backend keep the config file's values. image_topic remaps
-the node's ``image`` input (``<image_topic>/compressed`` feeds ``image/compressed``).
+as the CLI and the other arguments override it. Empty model/backend/image_transport keep the config file's values.
+image_topic remaps the node's ``image`` input; the node derives ``<image_topic>/compressed`` (compressed transport)
+and the sibling ``camera_info`` from it, as image_transport camera subscribers do.
 """
 
 import os
@@ -22,7 +24,8 @@ ARGS = {
     "model": ("", "model weights file (model.weights); empty = keep the config file's value"),
     "backend": ("", "inference backend torch | onnxruntime | tensorrt (model.backend); empty = keep the config's"),
     "namespace": ("", "ROS namespace of the node"),
-    "image_topic": ("image", "camera topic remapped to the node's image input"),
+    "image_topic": ("image", "camera topic remapped to the node's image input (camera_info: its sibling)"),
+    "image_transport": ("", "raw | compressed (node.image_transport); empty = keep the config's"),
     "use_sim_time": ("false", "use /clock (rosbag replay)"),
 }
 
@@ -39,11 +42,13 @@ def _node(context, *args, **kwargs):
         params["model.weights"] = value["model"]
     if value["backend"]:
         params["model.backend"] = value["backend"]
+    if value["image_transport"]:
+        params["node.image_transport"] = value["image_transport"]
     image = value["image_topic"]
     return [Node(
         package="mobilegeo_ros", executable="localize_node", name="localize_node", namespace=value["namespace"],
         output="screen", emulate_tty=False, parameters=[params],
-        remappings=[("image", image), ("image/compressed", f"{image}/compressed")],
+        remappings=[("image", image)],
     )]
 
 

@@ -32,6 +32,15 @@ class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the key or file."""
 
 
+#: Settings that existed in earlier releases, and what replaced them (named in the unknown-key error).
+REMOVED_KEYS = {
+    "node.qos_reliable": "QoS is set per topic: qos_overrides./<topic>.subscription.reliability (the camera "
+                         "subscription follows its publishers by default; README, ROS section)",
+    "refine.every_n_frames": "the tracker's keyframes replaced it (tracker.keyframe_every_s)",
+    "refine.features": "renamed refine.matcher",
+}
+
+
 def _f(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with a help text (used by ``--help`` and ROS parameter descriptors)."""
     if isinstance(default, (list, dict)):
@@ -94,15 +103,16 @@ class EstimatorConfig:
     cluster_radius_m: float = _f(0.0, "matches within this distance of the best one vote for it; 0 = the smallest "
                                       "tile size", min=0.0)
     softmax_temperature: float = _f(0.02, "temperature turning cosine scores into match weights", min=1e-4)
-    min_score: float = _f(0.3, "no fix below this cosine similarity of the best match", min=-1.0, max=1.0)
+    min_score: float = _f(0.3, "no fix below this cosine similarity of the best match", min=-1.0, max=1.0,
+                          runtime=True)
     min_margin: float = _f(0.0, "no fix if the best cluster's weight share minus the next one is below this",
-                           min=0.0, max=1.0)
+                           min=0.0, max=1.0, runtime=True)
     min_cluster_weight: float = _f(0.35, "no fix if the winning cluster holds less than this share of the weight",
-                                   min=0.0, max=1.0)
+                                   min=0.0, max=1.0, runtime=True)
     sigma_floor_m: float = _f(0.0, "smallest reported 1-sigma; 0 = a quarter of the matched tile size", min=0.0)
     sigma_scale: float = _f(1.0, "multiplier on the reported 1-sigma (calibration)", min=0.1, max=100.0)
     max_sigma_m: float = _f(0.0, "no fix when the reported 1-sigma of a retrieval (unrefined) fix exceeds this, "
-                                 "metres; 0 = no ceiling (tile-level fixes in retrieval-only mode are kept)", min=0.0)
+                                 "metres; 0 = no ceiling (tile-level fixes in retrieval-only mode are kept)", min=0.0, runtime=True)
 
 
 @dataclass
@@ -118,7 +128,7 @@ class RefineConfig:
     heading_hypotheses: int = _f(1, "matchers that are not rotation invariant, without a yaw prior: 1 = each "
                                     "candidate's gallery rotation as the heading; 3 = also that rotation plus and "
                                     "minus one gallery step (3 query detections)", min=1, max=3)
-    top_k: int = _f(5, "retrieved tiles (best first) whose map windows are registered", min=1, max=100)
+    top_k: int = _f(5, "retrieved tiles (best first) whose map windows are registered", min=1, max=100, runtime=True)
     max_features: int = _f(3000, "keypoints kept in the view (strongest first)", min=16, max=100000)
     block_px: int = _f(256, "map keypoints are detected once per square block of this side (cached), pixels",
                        min=64, max=4096)
@@ -133,8 +143,8 @@ class RefineConfig:
                                     max=100.0)
     ransac_iterations: int = _f(2000, "maximum robust-estimator iterations", min=10, max=1000000)
     min_inliers: int = _f(0, "verification: fewest homography inliers; 0 = the measured default of the matcher "
-                             "(sift 15, xfeat 40, xfeat_lighterglue 20; docs/matchers.md)", min=0)
-    min_inlier_ratio: float = _f(0.1, "verification: fewest inliers per ratio-test match", min=0.0, max=1.0)
+                             "(sift 15, xfeat 40, xfeat_lighterglue 20; docs/matchers.md)", min=0, runtime=True)
+    min_inlier_ratio: float = _f(0.1, "verification: fewest inliers per ratio-test match", min=0.0, max=1.0, runtime=True)
     min_inlier_spread: float = _f(0.05, "verification: convex hull of the inliers covers at least this fraction of "
                                         "the image", min=0.0, max=1.0)
     max_scale_ratio: float = _f(1.35, "verification: registered ground resolution within this factor of the "
@@ -196,7 +206,7 @@ class TrackerConfig:
     enabled: bool = _f(True, "track frame to frame between keyframes (a fix for every frame at camera rate); false "
                              "= every frame is localized on its own (retrieval + registration)")
     keyframe_every_s: float = _f(0.5, "register a keyframe at least this often while tracking (image stamps), "
-                                      "seconds", min=0.0)
+                                      "seconds", min=0.0, runtime=True)
     keyframe_policy: str = _f("schedule", "which frames become keyframes: schedule (every keyframe_every_s) | msrm "
                                           "(a due frame is registered only when it adds information: its thumbnail's "
                                           "mutual information with the last keyframe's is below keyframe_max_mi)")
@@ -204,13 +214,13 @@ class TrackerConfig:
                                      "Gaussian model of thumbnail correlation) with the last keyframe is redundant "
                                      "and skipped", min=0.0)
     keyframe_sigma_m: float = _f(5.0, "register a keyframe as soon as the tracked 1-sigma exceeds this, metres",
-                                 min=0.0)
+                                 min=0.0, runtime=True)
     keyframe_min_overlap: float = _f(0.6, "register a keyframe when less than this share of the keyframe's image is "
-                                          "still in view", min=0.0, max=1.0)
+                                          "still in view", min=0.0, max=1.0, runtime=True)
     max_track_sigma_m: float = _f(20.0, "a tracked position whose 1-sigma exceeds this is no fix (track lost), "
-                                        "metres", min=0.0)
+                                        "metres", min=0.0, runtime=True)
     max_track_s: float = _f(10.0, "a track not confirmed by a verified keyframe for this long is dropped, seconds",
-                            min=0.0)
+                            min=0.0, runtime=True)
     drift_fraction: float = _f(0.03, "tracked 1-sigma grows by this share of the distance tracked since the "
                                      "keyframe (chained homographies drift in scale and heading)", min=0.0, max=1.0)
     drift_per_frame_m: float = _f(0.05, "and by this much per tracked frame (flow noise), metres", min=0.0)
@@ -231,20 +241,31 @@ class NodeConfig:
 
     window_size: int = _f(5, "views kept in the sliding window", min=1, max=64)
     window_s: float = _f(2.0, "views older than this (image stamps) leave the window, seconds; 0 = no age limit",
-                         min=0.0)
-    max_views: int = _f(3, "views fused per fix after redundancy pruning (msrm.select_views)", min=1, max=64)
+                         min=0.0, runtime=True)
+    max_views: int = _f(3, "views fused per fix after redundancy pruning (msrm.select_views)", min=1, max=64, runtime=True)
     max_view_similarity: float = _f(0.995, "a view more similar than this (cosine) to a kept view is pruned as "
                                            "redundant", min=-1.0, max=1.0)
     stale_timeout_s: float = _f(1.0, "no image for this long: status NO_FIX and diagnostics STALE, seconds",
-                                min=0.05)
+                                min=0.05, runtime=True)
     diagnostics_period_s: float = _f(1.0, "period of /diagnostics (and of NO_FIX while stale), seconds", min=0.05,
                                      max=60.0)
-    qos_reliable: bool = _f(False, "subscribe to images and priors with RELIABLE QoS (default: SensorDataQoS, best "
-                                   "effort)")
-    qos_depth: int = _f(5, "subscription queue depth (the node itself keeps only the latest frame)", min=1,
-                        max=1000)
+    image_transport: str = _f("raw", "which camera input is subscribed: raw (sensor_msgs/Image on image) | "
+                                     "compressed (sensor_msgs/CompressedImage on image/compressed); one at a time, "
+                                     "as image_transport's transport choice", runtime=True)
+    qos_depth: int = _f(5, "subscription queue depth (the node itself keeps only the latest frame); per-topic QoS: "
+                           "qos_overrides./<topic>.subscription.<policy> (README, ROS section)", min=1, max=1000)
     max_image_pixels: int = _f(8192 * 8192, "larger images are rejected before decoding, pixels", min=1)
-    map_frame: str = _f("map", "frame_id of ~/pose and ~/velocity (local ENU anchored at the index origin, REP-105)")
+    map_frame: str = _f("map", "frame_id of ~/pose, ~/velocity and ~/odometry (local ENU anchored at the index "
+                               "origin, REP-105)")
+    base_frame: str = _f("base_link", "the drone's body frame: frame_id of ~/fix and ~/fix_raw, child_frame_id of "
+                                      "~/odometry (REP-105)")
+    publish_fix_raw: bool = _f(True, "publish ~/fix_raw: every frame's own fix before the Kalman smoothing (the "
+                                     "outlier gate still applies), for users who fuse themselves", runtime=True)
+    publish_pose: bool = _f(True, "publish ~/pose (geometry_msgs/PoseWithCovarianceStamped, filtered)", runtime=True)
+    publish_velocity: bool = _f(True, "publish ~/velocity (geometry_msgs/TwistWithCovarianceStamped, filtered)",
+                                runtime=True)
+    publish_odometry: bool = _f(True, "publish ~/odometry (nav_msgs/Odometry, map -> base_frame, filtered; for "
+                                      "robot_localization)", runtime=True)
     keyframes_in_background: bool = _f(True, "register keyframes in a worker thread while every frame is tracked "
                                              "(camera rate); false = inline: a frame waits for its registration "
                                              "(what mobilegeo localize and the demo do)")
@@ -253,7 +274,7 @@ class NodeConfig:
                                 "default (all cores)", min=0, max=256)
     heading_feedback_s: float = _f(1.0, "without an IMU heading, the heading registered on a frame at most this "
                                         "much older is the next frames' yaw prior (narrows the search), seconds; 0 = "
-                                        "off", min=0.0)
+                                        "off", min=0.0, runtime=True)
     prior_timeout_s: float = _f(2.0, "imu/altitude/gnss_prior messages older than this are ignored, seconds",
                                 min=0.0)
     use_imu_tilt: bool = _f(False, "use the IMU pitch/roll as camera tilt (camera rigidly fixed looking down); "
@@ -314,6 +335,7 @@ class Config:
             "refine.ransac": (self.refine.ransac, ("magsac", "ransac")),
             "refine.fallback": (self.refine.fallback, ("retrieval", "no_fix")),
             "tracker.keyframe_policy": (self.tracker.keyframe_policy, ("schedule", "msrm")),
+            "node.image_transport": (self.node.image_transport, ("raw", "compressed")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -393,6 +415,8 @@ def _update(obj: Any, data: dict, prefix: str) -> None:
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in known:
+            if path in REMOVED_KEYS:
+                raise ConfigError(f"{path!r} was removed: {REMOVED_KEYS[path]}")
             raise ConfigError(f"unknown key {path!r}; known keys here: {', '.join(sorted(known))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):

@@ -89,6 +89,9 @@ class TrackResult:
     n: float = math.nan
     u: float = math.nan
     cov_en: np.ndarray = field(default_factory=lambda: np.full((2, 2), math.nan))
+    raw_lat: float = math.nan  # the frame's own fix before the Kalman smoothing (= lat when the filter is off)
+    raw_lon: float = math.nan
+    raw_cov_en: np.ndarray = field(default_factory=lambda: np.full((2, 2), math.nan))
     vel_en: np.ndarray | None = None
     vel_cov: np.ndarray | None = None
     heading_deg: float | None = None
@@ -707,6 +710,7 @@ class Tracker:
         if not np.all(np.isfinite(cov)) or np.linalg.eigvalsh(0.5 * (cov + cov.T))[0] <= 0:
             cov = np.eye(2) * max(res.sigma_m if math.isfinite(res.sigma_m) else 1.0, 1.0) ** 2
         e, n, _ = self.enu.to_enu(res.lat, res.lon, node.ground_alt_m)
+        res.raw_lat, res.raw_lon, res.raw_cov_en = res.lat, res.lon, cov
         if not node.filter_enabled:
             res.e, res.n, res.cov_en = float(e), float(n), cov
             return

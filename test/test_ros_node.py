@@ -48,7 +48,7 @@ class Harness:
     def __init__(self, setup, tmp, nmea_port, mav_port):
         cfg_file = tmp / "node.yaml"
         overrides = dict(setup.overrides)
-        overrides["node"] = {"qos_reliable": True, "diagnostics_period_s": 0.25, "stale_timeout_s": 1.0,
+        overrides["node"] = {"diagnostics_period_s": 0.25, "stale_timeout_s": 1.0,
                              "ground_alt_m": GROUND_ALT, "nmea_enabled": True, "nmea_port": nmea_port,
                              "mavlink_enabled": True, "mavlink_port": mav_port, "window_s": 2.0,
                              "prior_timeout_s": PRIOR_TIMEOUT_S}
@@ -56,7 +56,8 @@ class Harness:
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=DOMAIN_ID)
         self.node = LocalizeNode(context=self.context, parameter_overrides=[
-            Parameter("config_file", value=str(cfg_file)), Parameter("index_dir", value=str(setup.index_dir))])
+            Parameter("config_file", value=str(cfg_file)), Parameter("index_dir", value=str(setup.index_dir)),
+            Parameter("qos_overrides./image.subscription.reliability", value="reliable")])
         self.node.start()
         self.client = rclpy.create_node("test_client", context=self.context)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -77,7 +78,7 @@ class Harness:
         self.executor.add_node(self.client)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
-        for pub in (self.pub_image, self.pub_comp, self.pub_imu, self.pub_alt):
+        for pub in (self.pub_image, self.pub_imu, self.pub_alt):  # the compressed transport is off by default
             self.wait(lambda p=pub: p.get_subscription_count() > 0, 10, "subscription match")
         self.wait(lambda: self.client.count_publishers("/localize_node/fix") > 0, 10, "fix publisher")
         self.wait(lambda: self.client.count_subscribers("/localize_node/fix") > 0, 10, "fix subscriber")
@@ -163,7 +164,7 @@ def _image_msg(rgb, encoding, sec):
 
 def _check_fix(h, sec, truth_latlon):
     fix = h.wait_stamped(h.fixes, sec)
-    assert fix.header.stamp.nanosec == 123 and fix.header.frame_id == "camera"
+    assert fix.header.stamp.nanosec == 123 and fix.header.frame_id == "base_link"  # node.base_frame
     assert fix.status.status == NavSatStatus.STATUS_FIX
     err = _haversine_m(fix.latitude, fix.longitude, *truth_latlon)
     sigma = math.sqrt(max(fix.position_covariance[0], fix.position_covariance[4]))
@@ -192,13 +193,31 @@ def test_raw_image_gives_stamped_fix_near_truth(harness, views, encoding, sec, v
     assert pose.pose.covariance[0] == pytest.approx(fix.position_covariance[0])
 
 
+class compressed_transport:
+    """node.image_transport switched to compressed at run time (ros2 param set), back to raw on exit."""
+
+    def __init__(self, h):
+        self.h = h
+
+    def __enter__(self):
+        result = self.h.node.set_parameters([Parameter("node.image_transport", value="compressed")])[0]
+        assert result.successful, result.reason
+        self.h.wait(lambda: self.h.pub_comp.get_subscription_count() > 0, 10, "compressed subscription")
+        assert self.h.pub_image.get_subscription_count() == 0  # one transport at a time
+
+    def __exit__(self, *exc):
+        assert self.h.node.set_parameters([Parameter("node.image_transport", value="raw")])[0].successful
+        self.h.wait(lambda: self.h.pub_image.get_subscription_count() > 0, 10, "raw subscription")
+
+
 def test_compressed_jpeg_gives_fix(harness, views):
     rgb, _, latlon = views[2]
     msg = CompressedImage(format="jpeg", data=encode_compressed(rgb, "jpeg", 90)["data"])
     msg.header.stamp = Time(sec=T0 + 1020, nanosec=123)
     msg.header.frame_id = "camera"
-    harness.pub_comp.publish(msg)
-    _check_fix(harness, T0 + 1020, latlon)
+    with compressed_transport(harness):
+        harness.pub_comp.publish(msg)
+        _check_fix(harness, T0 + 1020, latlon)
 
 
 def test_priors_altitude_heading_and_velocity(harness, views):
@@ -234,7 +253,7 @@ def test_unverifiable_frame_is_published_as_no_fix_with_its_stamp(harness):
     grey = np.full((120, 160, 3), 128, np.uint8)
     harness.pub_image.publish(_image_msg(grey, "rgb8", T0 + 5000))
     fix = harness.wait_stamped(harness.fixes, T0 + 5000)
-    assert fix.header.stamp.nanosec == 123 and fix.header.frame_id == "camera"  # the answer to this image
+    assert fix.header.stamp.nanosec == 123 and fix.header.frame_id == "base_link"  # the answer to this image
     assert fix.status.status == NavSatStatus.STATUS_NO_FIX
     assert math.isnan(fix.latitude) and math.isnan(fix.longitude)
     assert fix.position_covariance_type == NavSatFix.COVARIANCE_TYPE_UNKNOWN
@@ -297,7 +316,13 @@ def test_malformed_frames_are_counted_and_the_node_survives(harness, views):
     for k, (name, make) in enumerate(MALFORMED, start=1):
         msg = make()
         msg.header.stamp = Time(sec=T0 + 1050 + k)
-        (harness.pub_comp if isinstance(msg, CompressedImage) else harness.pub_image).publish(msg)
+        if isinstance(msg, CompressedImage):
+            with compressed_transport(harness):
+                harness.pub_comp.publish(msg)
+                harness.wait(lambda k=k: harness.node.stats.snapshot()["rejected"] >= before + k, 10,
+                             f"rejection of {name}")
+            continue
+        harness.pub_image.publish(msg)
         harness.wait(lambda k=k: harness.node.stats.snapshot()["rejected"] >= before + k, 10, f"rejection of {name}")
     assert harness.node.stats.snapshot()["last_error"]
     harness.wait(lambda: (d := _last_diag(harness)) is not None and d.status[0].level == DiagnosticStatus.WARN
@@ -346,9 +371,9 @@ def test_camera_stops_gives_stale_and_no_fix(harness):
     assert time.monotonic() - t0 < 1.0 + 0.25 + 1.5
     assert "no image" in stale.status[0].message
 
-    def no_fix():
+    def no_fix():  # stamped by the node's clock (no image to answer), in the frame of every fix
         with harness.lock:
             return [f for f in harness.fixes if f.status.status == NavSatStatus.STATUS_NO_FIX
-                    and f.header.frame_id == ""]
+                    and f.header.stamp.sec > T0 + 10**7 and f.header.frame_id == "base_link"]
     fixes = harness.wait(no_fix, 3, "NO_FIX while stale")
     assert math.isnan(fixes[-1].latitude)

@@ -46,7 +46,8 @@ def node_env() -> dict:
 
 def _params(setup, **extra):
     p = {"index_dir": str(setup.index_dir), "model.input_px": 128, "map.tile_px": 128, "map.tile_sizes_m": "[60.0]",
-         "index.rotations": 4, "node.qos_reliable": "true"}
+         "index.rotations": 4,
+         "qos_overrides./image.subscription.reliability": "reliable"}
     p.update(extra)
     args = ["--ros-args"]
     for k, v in p.items():

@@ -66,6 +66,8 @@ def render() -> str:
             lo, hi = meta.get("min"), meta.get("max")
             if lo is not None or hi is not None:
                 help_text += f" [{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}]"
+            if meta.get("runtime"):
+                help_text += " (changeable at run time: ros2 param set)"
             out.extend(textwrap.wrap(help_text, width=118, initial_indent="    # ", subsequent_indent="    # ",
                                      break_on_hyphens=False))
             out.append(f"    {section.name}.{f.name}: {_value(getattr(obj, f.name))}")

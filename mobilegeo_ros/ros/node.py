@@ -12,35 +12,55 @@ its values are the defaults that ``--ros-args -p``/``--params-file`` override) a
 parameters, or a missing/mismatched index or model file, stop the start-up with a message and exit code 2.
 
 Topics (relative, so namespaces and remaps apply):
-  in:  ``image`` (sensor_msgs/Image), ``image/compressed`` (sensor_msgs/CompressedImage), ``camera_info`` (optional,
-       field of view), ``imu`` (sensor_msgs/Imu: heading and, with ``node.use_imu_tilt``, tilt; REP-103 orientation of
-       body FLU in ENU, see :mod:`.pipeline`), ``altitude`` (std_msgs/Float64, metres above ground), ``gnss_prior``
-       (sensor_msgs/NavSatFix bounding the search). Images and priors use SensorDataQoS unless ``node.qos_reliable``.
-  out: ``~/fix`` (sensor_msgs/NavSatFix, image stamp, STATUS_NO_FIX when not confident, covariance DIAGONAL_KNOWN in
-       ENU m²), ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped in ``node.map_frame``: local ENU anchored at the
-       index origin), ``~/velocity`` (geometry_msgs/TwistWithCovarianceStamped, ENU m/s from the Kalman filter),
-       ``/diagnostics`` (diagnostic_msgs/DiagnosticArray every ``node.diagnostics_period_s``).
+  in:  the camera, one transport at a time (``node.image_transport``, as image_transport's choice): ``image``
+       (sensor_msgs/Image, ``raw``) or ``<image>/compressed`` (sensor_msgs/CompressedImage, ``compressed``), where
+       ``<image>`` is the resolved (remapped) ``image`` topic; ``camera_info`` (optional, field of view) is the sibling
+       of the image topic (``/cam/image_raw`` -> ``/cam/camera_info``) unless remapped itself; ``imu``
+       (sensor_msgs/Imu: heading and, with ``node.use_imu_tilt``, tilt; REP-103 orientation of body FLU in ENU, see
+       :mod:`.pipeline`), ``altitude`` (std_msgs/Float64, metres above ground), ``gnss_prior`` (sensor_msgs/NavSatFix
+       bounding the search).
+  QoS: every input is overridable the ROS 2 way, ``qos_overrides./<resolved topic>.subscription.reliability|depth|
+       history``. Without an override, priors and camera_info are subscribed best effort (compatible with every
+       publisher), and the camera subscription follows its publishers (reliable when all offer reliable: large raw
+       images over best-effort DDS are lost by Fast DDS's default transports), re-checked every diagnostics period.
+       When publishers exist but no image arrives, or a publisher's QoS is incompatible, a throttled warning names
+       the topic and the fix.
+  out: ``~/fix`` (sensor_msgs/NavSatFix in ``node.base_frame``, image stamp, STATUS_NO_FIX when not confident,
+       covariance DIAGONAL_KNOWN in ENU m², Kalman-filtered when ``node.filter_enabled``), ``~/fix_raw`` (the same
+       per frame before the Kalman smoothing), ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped in
+       ``node.map_frame``: local ENU anchored at the index origin), ``~/velocity``
+       (geometry_msgs/TwistWithCovarianceStamped, ENU m/s from the Kalman filter), ``~/odometry`` (nav_msgs/Odometry,
+       ``map_frame`` -> ``base_frame``, REP-105: pose in the map frame, twist in the body frame), ``/diagnostics``
+       (diagnostic_msgs/DiagnosticArray every ``node.diagnostics_period_s``). Output QoS is overridable as well.
+  Run-time parameters: the settings marked ``runtime`` in :mod:`mobilegeo_ros.config` (thresholds, the keyframe
+  schedule, the stale timeout, outputs on/off) accept ``ros2 param set`` with the same validation as the config
+  loader; every other parameter is read-only (set at start-up).
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
 import sys
 import threading
 import time
 import typing
 from pathlib import Path
 
+import numpy as np
 import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped, TwistWithCovarianceStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, NavSatStatus
 from std_msgs.msg import Float64
 
@@ -58,6 +78,13 @@ HEADING_SIGMA_REGISTERED_DEG = 3.0
 _INT_MAX = 2**63 - 1
 _LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
                 3: DiagnosticStatus.STALE}
+#: Settings that ``ros2 param set`` may change while the node runs (``runtime=True`` in mobilegeo_ros.config); the
+#: components read them from the shared Config on every frame.
+RUNTIME_PARAMETERS = frozenset(k for k, m in config_mod.describe().items() if m.get("runtime"))
+#: Seconds between repeated warnings of the same kind (rejected frames, silent camera topic, incompatible QoS).
+WARN_THROTTLE_S = 10.0
+#: Publishers present this long without any image arriving: warn (seconds).
+SILENT_CAMERA_WARN_S = 3.0
 
 
 class StartupError(Exception):
@@ -81,7 +108,10 @@ def _param_type(hint) -> Parameter.Type:
 
 
 def _descriptor(name: str, meta: dict, ptype: Parameter.Type) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=name, type=ptype.value, description=meta.get("help", ""), read_only=True)
+    runtime = bool(meta.get("runtime"))
+    d = ParameterDescriptor(name=name, type=ptype.value, description=meta.get("help", ""), read_only=not runtime,
+                            additional_constraints="changeable at run time (ros2 param set)" if runtime else
+                            "read-only: set at start-up (restart the node to change it)")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is None and hi is None:
         return d
@@ -117,6 +147,81 @@ def _stamp_s(stamp) -> float:
     return stamp.sec + 1e-9 * stamp.nanosec
 
 
+class _CameraInput:
+    """The camera subscription of a :class:`LocalizeNode`: which topic (``node.image_transport``; compressed =
+    ``<image>/compressed`` unless ``image/compressed`` is remapped itself), which QoS (``qos_overrides`` when given,
+    else following the publishers: reliable when all of them offer reliable), and the warnings when publishers exist
+    but nothing arrives. ``camera_info`` is the image topic's sibling unless remapped itself. Used from the executor
+    thread only."""
+
+    def __init__(self, node: LocalizeNode):
+        self.node = node
+        self.raw_topic = node.resolve_topic_name("image")
+        remapped = node.resolve_topic_name("image/compressed")
+        self.compressed_topic = (remapped if remapped != node.resolve_topic_name("image/compressed", only_expand=True)
+                                 else self.raw_topic + "/compressed")
+        info = node.resolve_topic_name("camera_info")
+        self.info_topic = (info if info != node.resolve_topic_name("camera_info", only_expand=True)
+                           else posixpath.join(posixpath.dirname(self.raw_topic), "camera_info"))
+        self.sub = None
+        self.topic, self.transport, self.reliability = "", "", ""
+        self.auto = True
+        self.publishers = 0
+        self._silent_since: float | None = None
+
+    @property
+    def override_prefix(self) -> str:
+        return f"qos_overrides.{self.topic}.subscription."
+
+    def _publishers_reliable(self, infos) -> bool:
+        return bool(infos) and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+
+    def subscribe(self) -> None:
+        """(Re)create the subscription for the configured transport and the publishers' QoS."""
+        n = self.node
+        transport = n.cfg.node.image_transport
+        self.topic = self.compressed_topic if transport == "compressed" else self.raw_topic
+        msg_type, callback = (CompressedImage, n._on_compressed) if transport == "compressed" else (Image, n._on_image)
+        self.auto = not any(k.startswith(self.override_prefix) for k in n._parameter_overrides)
+        reliable = self.auto and self._publishers_reliable(n.get_publishers_info_by_topic(self.topic))
+        if self.sub is not None:
+            n.destroy_subscription(self.sub)
+        self.sub = n._subscribe(msg_type, self.topic, callback, n._input_qos(reliable), overridable=not self.auto)
+        self.transport = transport
+        self.reliability = ("reliable" if self.sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                            else "best_effort")
+        n.get_logger().info(f"camera: {msg_type.__name__} on {self.topic}, {self.reliability} "
+                            f"({'following the publishers' if self.auto else 'qos_overrides'}), camera_info on "
+                            f"{self.info_topic}")
+
+    def check(self, now: float, snap: dict) -> None:
+        """Every diagnostics period: follow the publishers' reliability; warn when publishers exist but nothing
+        arrives."""
+        n = self.node
+        infos = n.get_publishers_info_by_topic(self.topic)
+        self.publishers = len(infos)
+        if self.auto and infos and self._publishers_reliable(infos) != (self.reliability == "reliable"):
+            self.subscribe()
+        if not infos or now - snap["last_image_s"] <= SILENT_CAMERA_WARN_S:
+            self._silent_since = None
+            return
+        if self._silent_since is None:
+            self._silent_since = now
+        if now - self._silent_since < SILENT_CAMERA_WARN_S:
+            return
+        offered = sorted({i.qos_profile.reliability.name.lower() for i in infos})
+        hint = ("large raw images (e.g. 640x480 rgb8, 0.9 MB) sent best effort are lost by Fast DDS's default "
+                "transports: publish the camera with reliable QoS, or set FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in "
+                "both processes, or use the compressed transport (node.image_transport: compressed)"
+                if self.reliability == "best_effort" else
+                "check the publisher's message type and its QoS (qos_overrides."
+                f"{self.topic}.subscription.reliability)")
+        n.get_logger().warning(
+            f"no image received on {self.topic} for {now - self._silent_since + SILENT_CAMERA_WARN_S:.0f} s although "
+            f"{len(infos)} publisher(s) offer it ({', '.join(offered)}; subscribed {self.reliability}): {hint}",
+            throttle_duration_sec=WARN_THROTTLE_S)
+
+
 class LocalizeNode(Node):
     """See the module docstring. Construct, then :meth:`start` (loads the model and index), then spin."""
 
@@ -131,6 +236,8 @@ class LocalizeNode(Node):
         self.priors = PriorState(self.cfg)
         self._prev_snapshot: dict | None = None
         self._hfov_deg: float | None = None
+        self._camera: _CameraInput | None = None
+        self._inputs_received: dict[str, int] = {"camera_info": 0, "imu": 0, "altitude": 0, "gnss_prior": 0}
 
     # -----------------------------------------------------------------------------------------------------------
     # Parameters
@@ -183,6 +290,9 @@ class LocalizeNode(Node):
         values = {k: self._declare(k, defaults[k], _descriptor(k, m, types[k])) for k, m in described.items()}
         unknown = sorted(n for n in set(self._parameter_overrides) - set(self._parameters)
                          if not n.startswith("qos_overrides."))
+        removed = [u for u in unknown if u in config_mod.REMOVED_KEYS]
+        if removed:
+            raise StartupError("; ".join(f"parameter {u} was removed: {config_mod.REMOVED_KEYS[u]}" for u in removed))
         if unknown:
             raise StartupError(f"unknown parameter(s): {', '.join(unknown)} (see config/localize.yaml for the "
                                f"parameters of {NODE_NAME})")
@@ -235,26 +345,87 @@ class LocalizeNode(Node):
 
     def _make_interfaces(self) -> None:
         n = self.cfg.node
-        if n.qos_reliable:
-            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=n.qos_depth, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.VOLATILE)
-        else:
-            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=n.qos_depth,
-                             reliability=qos_profile_sensor_data.reliability,
-                             durability=qos_profile_sensor_data.durability)
-        self.create_subscription(Image, "image", self._on_image, qos)
-        self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
-        self.create_subscription(Imu, "imu", self._on_imu, qos)
-        self.create_subscription(Float64, "altitude", self._on_altitude, qos)
-        self.create_subscription(NavSatFix, "gnss_prior", self._on_gnss_prior, qos)
-        self.pub_fix = self.create_publisher(NavSatFix, "~/fix", 10)
-        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
-        self.pub_vel = self.create_publisher(TwistWithCovarianceStamped, "~/velocity", 10)
+        self._camera = _CameraInput(self)
+        self._camera.subscribe()
+        prior_qos = self._input_qos(reliable=False)
+        self._subscribe(CameraInfo, self._camera.info_topic, self._on_camera_info, prior_qos)
+        self._subscribe(Imu, "imu", self._on_imu, prior_qos)
+        self._subscribe(Float64, "altitude", self._on_altitude, prior_qos)
+        self._subscribe(NavSatFix, "gnss_prior", self._on_gnss_prior, prior_qos)
+        overridable = QoSOverridingOptions.with_default_policies()
+        self.pub_fix = self.create_publisher(NavSatFix, "~/fix", 10, qos_overriding_options=overridable)
+        self.pub_fix_raw = self.create_publisher(NavSatFix, "~/fix_raw", 10, qos_overriding_options=overridable)
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10,
+                                              qos_overriding_options=overridable)
+        self.pub_vel = self.create_publisher(TwistWithCovarianceStamped, "~/velocity", 10,
+                                             qos_overriding_options=overridable)
+        self.pub_odom = self.create_publisher(Odometry, "~/odometry", 10, qos_overriding_options=overridable)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._refuse_stray_qos_overrides()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         # steady clock: diagnostics and staleness keep working when use_sim_time is set and /clock stops
         self.create_timer(n.diagnostics_period_s, self._on_diagnostics_timer,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def _input_qos(self, reliable: bool) -> QoSProfile:
+        """Default QoS of an input (before ``qos_overrides``): keep the last ``node.qos_depth``, volatile."""
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.cfg.node.qos_depth,
+                          reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                          durability=DurabilityPolicy.VOLATILE)
+
+    def _subscribe(self, msg_type, topic: str, callback, qos: QoSProfile, overridable: bool = True):
+        """A subscription whose QoS ``qos_overrides./<topic>.subscription.*`` may override, with a warning that names
+        the topic and the fix when a publisher's QoS is incompatible."""
+        resolved = self.resolve_topic_name(topic)
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=lambda info, t=resolved: self._on_incompatible_qos(t, info))
+        return self.create_subscription(
+            msg_type, topic, callback, qos, event_callbacks=events,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies() if overridable else None)
+
+    def _on_incompatible_qos(self, topic: str, info) -> None:
+        from rclpy.qos import qos_policy_name_from_kind
+
+        policy = qos_policy_name_from_kind(info.last_policy_kind)
+        self.get_logger().warning(
+            f"{topic}: a publisher offers QoS incompatible with this subscription ({policy}); its messages are not "
+            f"received. Match it with qos_overrides.{topic}.subscription.{policy.lower()}:=<value> (e.g. "
+            "best_effort for a best-effort driver)", throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _refuse_stray_qos_overrides(self) -> None:
+        """A ``qos_overrides.<topic>...`` naming no topic of this node is a typo (often the unremapped name)."""
+        stray = sorted(k for k in self._parameter_overrides
+                       if k.startswith("qos_overrides.") and not self.has_parameter(k)
+                       and not (self._camera and self._camera.auto and k.startswith(self._camera.override_prefix)))
+        if stray:
+            topics = sorted({t for t, _ in self.get_subscriber_names_and_types_by_node(self.get_name(),
+                                                                                         self.get_namespace())}
+                            | {t for t, _ in self.get_publisher_names_and_types_by_node(self.get_name(),
+                                                                                          self.get_namespace())})
+            raise StartupError(f"unknown parameter(s): {', '.join(stray)}: no such topic of {NODE_NAME} (its topics "
+                               f"after remapping: {', '.join(topics)})")
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """``ros2 param set`` on a run-time setting: validated as the config loader validates, then applied to the
+        Config every component reads. Read-only settings never get here (rclpy refuses them by their descriptor)."""
+        changes = {p.name: p.value for p in params if p.name in RUNTIME_PARAMETERS}
+        if not changes:
+            return SetParametersResult(successful=True)
+        flat = config_mod.flatten(self.cfg)
+        flat.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in changes.items()})
+        try:
+            new = config_mod.from_flat(flat)
+        except config_mod.ConfigError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        for key in changes:
+            section, name = key.split(".", 1)
+            old = getattr(getattr(self.cfg, section), name)
+            value = getattr(getattr(new, section), name)
+            setattr(getattr(self.cfg, section), name, value)
+            self.get_logger().info(f"parameter {key}: {old!r} -> {value!r}")
+        if "node.image_transport" in changes and self._camera.transport != self.cfg.node.image_transport:
+            self._camera.subscribe()
+        return SetParametersResult(successful=True)
 
     # -----------------------------------------------------------------------------------------------------------
     # Callbacks (executor thread): copy fields, hand over, count
@@ -274,7 +445,12 @@ class LocalizeNode(Node):
         self._enqueue(Frame("compressed", {"format": msg.format, "data": msg.data}, _stamp_s(msg.header.stamp),
                             msg.header.stamp, frame_id=msg.header.frame_id))
 
+    def _count_input(self, kind: str) -> None:
+        with self.stats.lock:
+            self._inputs_received[kind] += 1
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._count_input("camera_info")
         fx = float(msg.k[0])
         if msg.width > 0 and math.isfinite(fx) and fx > 0:
             self._hfov_deg = math.degrees(2.0 * math.atan(msg.width / (2.0 * fx)))
@@ -282,8 +458,10 @@ class LocalizeNode(Node):
 
     def _prior_error(self, what: str, e: Exception) -> None:
         self.stats.note_error("prior_errors", f"{what}: {e}")
+        self.get_logger().warning(f"{what} prior ignored: {e}", throttle_duration_sec=WARN_THROTTLE_S)
 
     def _on_imu(self, msg: Imu) -> None:
+        self._count_input("imu")
         q = msg.orientation
         try:
             self.priors.set_imu(q.x, q.y, q.z, q.w)
@@ -291,12 +469,14 @@ class LocalizeNode(Node):
             self._prior_error("imu", e)
 
     def _on_altitude(self, msg: Float64) -> None:
+        self._count_input("altitude")
         try:
             self.priors.set_altitude(float(msg.data))
         except ValueError as e:
             self._prior_error("altitude", e)
 
     def _on_gnss_prior(self, msg: NavSatFix) -> None:
+        self._count_input("gnss_prior")
         cov = None
         if msg.position_covariance_type != NavSatFix.COVARIANCE_TYPE_UNKNOWN:
             cov = (float(msg.position_covariance[0]), float(msg.position_covariance[4]))
@@ -311,7 +491,10 @@ class LocalizeNode(Node):
             if frame is None:
                 continue
             out = self.pipeline.process(frame, self.priors.priors())
-            if out is None:
+            if out is None:  # rejected (undecodable) or failed: counted in the stats, shown in the log
+                self.get_logger().warning(f"frame stamped {frame.stamp_s:.3f} not localized: "
+                                          f"{self.stats.snapshot()['last_error']}",
+                                          throttle_duration_sec=WARN_THROTTLE_S)
                 continue
             try:
                 self._publish(out)
@@ -321,11 +504,17 @@ class LocalizeNode(Node):
                 self.stats.note_error("errors", f"publish: {type(e).__name__}: {e}")
 
     def _publish(self, out: Output) -> None:
+        n = self.cfg.node
         self.pub_fix.publish(self._navsatfix(out))
+        if n.publish_fix_raw:
+            self.pub_fix_raw.publish(self._navsatfix(out, raw=True))
         if out.status.is_fix:
-            self.pub_pose.publish(self._pose(out))
-            if out.vel_en is not None:
+            if n.publish_pose:
+                self.pub_pose.publish(self._pose(out))
+            if n.publish_velocity and out.vel_en is not None:
                 self.pub_vel.publish(self._twist(out))
+            if n.publish_odometry:
+                self.pub_odom.publish(self._odometry(out))
         self._send_bridges(out.flight_stack_fix(self.cfg))
 
     def _send_bridges(self, fix) -> None:
@@ -335,22 +524,28 @@ class LocalizeNode(Node):
             except Exception as e:  # noqa: BLE001 - a bridge failure (network, encoding) must not stop the fixes
                 self.stats.note_error("errors", f"{type(b).__name__}: {e}")
 
-    def _navsatfix(self, out: Output) -> NavSatFix:
+    def _no_fix(self, stamp) -> NavSatFix:
         msg = NavSatFix()
-        msg.header.stamp = out.frame.stamp
-        msg.header.frame_id = out.frame.frame_id
+        msg.header.stamp = stamp
+        msg.header.frame_id = self.cfg.node.base_frame
         msg.status.service = 0  # no satellite system: the position comes from the camera
+        msg.status.status = NavSatStatus.STATUS_NO_FIX
+        msg.latitude = msg.longitude = msg.altitude = math.nan
+        msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
+        return msg
+
+    def _navsatfix(self, out: Output, raw: bool = False) -> NavSatFix:
+        """``~/fix`` (filtered) or, with ``raw``, ``~/fix_raw`` (the frame's own fix before the smoothing)."""
+        msg = self._no_fix(out.frame.stamp)
         if not out.status.is_fix:
-            msg.status.status = NavSatStatus.STATUS_NO_FIX
-            msg.latitude = msg.longitude = msg.altitude = math.nan
-            msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
             return msg
+        lat, lon, cov_en = (out.raw_lat, out.raw_lon, out.raw_cov_en) if raw else (out.lat, out.lon, out.cov_en)
         msg.status.status = NavSatStatus.STATUS_FIX
-        msg.latitude, msg.longitude = float(out.lat), float(out.lon)
+        msg.latitude, msg.longitude = float(lat), float(lon)
         known_alt = math.isfinite(out.alt_m)
         msg.altitude = float(out.alt_m) if known_alt else math.nan
         cov = [0.0] * 9
-        cov[0], cov[4] = float(out.cov_en[0, 0]), float(out.cov_en[1, 1])
+        cov[0], cov[4] = float(cov_en[0, 0]), float(cov_en[1, 1])
         cov[8] = _altitude_variance(out)
         msg.position_covariance = cov
         msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
@@ -383,6 +578,30 @@ class LocalizeNode(Node):
         msg.pose.covariance = cov
         return msg
 
+    def _odometry(self, out: Output) -> Odometry:
+        """nav_msgs/Odometry (REP-105): pose of ``base_frame`` in ``map_frame`` (as ``~/pose``), twist in
+        ``base_frame`` (x forward, y left): the filter's ENU velocity turned by the heading; unknown (huge variance)
+        without a heading or a velocity."""
+        msg = Odometry()
+        msg.header.stamp = out.frame.stamp
+        msg.header.frame_id = self.cfg.node.map_frame
+        msg.child_frame_id = self.cfg.node.base_frame
+        msg.pose = self._pose(out).pose
+        cov = [0.0] * 36
+        cov[14] = cov[21] = cov[28] = cov[35] = UNKNOWN_VARIANCE
+        heading = out.heading_deg if out.heading_deg is not None and math.isfinite(out.heading_deg) else None
+        if out.vel_en is None or heading is None:
+            cov[0] = cov[7] = UNKNOWN_VARIANCE
+        else:
+            h = math.radians(heading)  # clockwise from north: forward = (sin h, cos h) in ENU, left = (-cos h, sin h)
+            rot = np.array([[math.sin(h), math.cos(h)], [-math.cos(h), math.sin(h)]])
+            v = rot @ np.asarray(out.vel_en, float)
+            vc = rot @ np.asarray(out.vel_cov, float) @ rot.T
+            msg.twist.twist.linear.x, msg.twist.twist.linear.y = float(v[0]), float(v[1])
+            cov[0], cov[1], cov[6], cov[7] = float(vc[0, 0]), float(vc[0, 1]), float(vc[1, 0]), float(vc[1, 1])
+        msg.twist.covariance = cov
+        return msg
+
     def _twist(self, out: Output) -> TwistWithCovarianceStamped:
         msg = TwistWithCovarianceStamped()
         msg.header.stamp = out.frame.stamp
@@ -404,14 +623,10 @@ class LocalizeNode(Node):
         level, message = diagnostic_level(snap, self._prev_snapshot, now, self.cfg.node.stale_timeout_s)
         self._prev_snapshot = snap
         stamp = self.get_clock().now().to_msg()
+        self._camera.check(now, snap)
         if level == STALE:
-            # nobody may keep using an old position: say NO_FIX explicitly
-            msg = NavSatFix()
-            msg.header.stamp = stamp
-            msg.status.status = NavSatStatus.STATUS_NO_FIX
-            msg.latitude = msg.longitude = msg.altitude = math.nan
-            msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
-            self.pub_fix.publish(msg)
+            # nobody may keep using an old position: say NO_FIX explicitly (same frame as every fix)
+            self.pub_fix.publish(self._no_fix(stamp))
             if self.bridges:
                 from mobilegeo_ros.io import FlightStackFix
                 self._send_bridges(FlightStackFix(stamp_s=time.time(), valid=False))
@@ -445,6 +660,12 @@ class LocalizeNode(Node):
             "last_error": snap["last_error"],
             "seconds_since_image": f(now - snap["last_image_s"], ".2f"),
             "camera_hfov_deg": f(self._hfov_deg) if self._hfov_deg else "unknown",
+            "image_topic": self._camera.topic,
+            "image_transport": self.cfg.node.image_transport,
+            "image_reliability": self._camera.reliability,
+            "image_publishers": str(self._camera.publishers),
+            "camera_info_topic": self._camera.info_topic,
+            **{f"{k}_received": str(v) for k, v in self._inputs_received.items()},
             "config_file": self.config_file,
             "index_dir": self.index_dir,
             "backend": self.cfg.model.backend,

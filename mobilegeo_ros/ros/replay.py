@@ -14,8 +14,8 @@
    by the node's publisher;
 4. publishes the bag's messages (the serialized bytes as stored, like ``ros2 bag play``) with their log-time spacing
    divided by ``rate``, and ``/clock`` at each message's log time (for ``use_sim_time``). Publishers are RELIABLE and
-   the node is started with ``node.qos_reliable:=true`` unless ``reliable=False``, so frames are lost only where the
-   node itself drops them (its 1-slot mailbox when inference is slower than the camera);
+   the node's camera subscription is set reliable (``qos_overrides``) unless ``reliable=False``, so frames are lost
+   only where the node itself drops them (its 1-slot mailbox when inference is slower than the camera);
 5. records ``/localize_node/fix`` (and the last ``/diagnostics``), stops the node with SIGINT and matches each fix to
    its image by header stamp;
 6. writes ``report_dir/summary.json``, ``track.csv``, ``track.png`` and ``node.log`` (atomically: a temporary
@@ -168,7 +168,8 @@ def run_replay(bag: str | Path, index_dir: str | Path, report_dir: str | Path, r
         topic: camera topic (Image or CompressedImage); default: the bag's only image topic.
         config: node config file; default: the config the index was built with.
         use_sim_time: start the node with ``use_sim_time:=true`` (the player publishes /clock in any case).
-        reliable: RELIABLE QoS on both sides (``node.qos_reliable:=true``); False keeps the node's SensorDataQoS.
+        reliable: RELIABLE QoS on both sides (the node's ``qos_overrides./<camera topic>.subscription.reliability``);
+            False: best effort on both sides.
         params: extra node parameters ``{"node.window_size": 3}`` (override the bag's recommendations).
         domain_id: ROS domain of the node and the player (default: a random free-looking one).
         startup_timeout_s: the node must be matched within this time (model and index loading), seconds.
@@ -209,8 +210,10 @@ def run_replay(bag: str | Path, index_dir: str | Path, report_dir: str | Path, r
         config_file = Path(config).resolve() if config is not None else _index_config_file(index_dir,
                                                                                              tmp / "node_config.yaml")
         node_params: dict[str, Any] = {"index_dir": str(index_dir.resolve()), "config_file": str(config_file)}
-        if reliable:
-            node_params["node.qos_reliable"] = True
+        camera = image_topic if image_topic.startswith("/") else "/" + image_topic
+        node_params[f"qos_overrides.{camera}.subscription.reliability"] = "reliable" if reliable else "best_effort"
+        if image_type.endswith("CompressedImage"):
+            node_params["node.image_transport"] = "compressed"
         if use_sim_time:
             node_params["use_sim_time"] = True
         if flight:
@@ -361,10 +364,10 @@ def _play(bag: Path, play: dict[str, str], image_topic: str, node_params: dict[s
 
 
 def _answer(candidates: list[tuple[float, Any]], frame_id: str) -> tuple[float, Any]:
-    """The node's answer to one image among fix messages with its stamp: the one carrying the image's frame_id (a
-    stale NO_FIX from the node's timer has none), else the first."""
+    """The node's answer to one image among fix messages with its stamp: a fix when there is one (a stale NO_FIX from
+    the node's timer may carry the same stamp under sim time), else the first (all are NO_FIX then)."""
     for c in candidates:
-        if c[1].header.frame_id == frame_id:
+        if c[1].status.status >= 0:
             return c
     return candidates[0]
 
