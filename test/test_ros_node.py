@@ -18,6 +18,7 @@ rclpy = pytest.importorskip("rclpy")
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped, TwistWithCovarianceStamped  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
 from pymavlink.dialects.v20 import ardupilotmega as mav2  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -67,7 +68,8 @@ class Harness:
         self.pub_alt = self.client.create_publisher(Float64, "altitude", qos)
         self.lock = threading.Lock()
         self.priors_sent_s = -math.inf  # monotonic time of the last imu/altitude prior published
-        self.fixes, self.poses, self.twists, self.diags = [], [], [], []
+        self.fixes, self.poses, self.twists, self.diags, self.odoms = [], [], [], [], []
+        self.client.create_subscription(Odometry, "/localize_node/odometry", self._store(self.odoms), 50)
         self.client.create_subscription(NavSatFix, "/localize_node/fix", self._store(self.fixes), 50)
         self.client.create_subscription(PoseWithCovarianceStamped, "/localize_node/pose", self._store(self.poses), 50)
         self.client.create_subscription(TwistWithCovarianceStamped, "/localize_node/velocity",
@@ -244,6 +246,13 @@ def test_priors_altitude_heading_and_velocity(harness, views):
     assert twist.header.frame_id == "map"
     assert math.hypot(twist.twist.twist.linear.x, twist.twist.twist.linear.y) < 30.0
     assert 0 < twist.twist.covariance[0] < 1e5
+    # ~/odometry: the same velocity in the body frame (heading 0 = north: x forward = north, y left = west)
+    odom = harness.wait_stamped(harness.odoms, T0 + 1031)
+    ve, vn = twist.twist.twist.linear.x, twist.twist.twist.linear.y
+    assert odom.twist.twist.linear.x == pytest.approx(vn, abs=1e-9)
+    assert odom.twist.twist.linear.y == pytest.approx(-ve, abs=1e-9)
+    assert odom.twist.covariance[0] == pytest.approx(twist.twist.covariance[7], rel=1e-9)
+    assert odom.twist.covariance[7] == pytest.approx(twist.twist.covariance[0], rel=1e-9)
 
 
 def test_unverifiable_frame_is_published_as_no_fix_with_its_stamp(harness):

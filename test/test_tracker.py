@@ -199,6 +199,28 @@ def test_repeated_frames_never_publish_a_covariance_below_the_single_fix(world):
     assert r.event == "update" and float(np.trace(r.position_cov)) < float(np.trace(single))
 
 
+def test_raw_output_is_the_frames_own_fix_before_the_smoothing(world):
+    # ~/fix_raw publishes raw_lat/raw_lon/raw_cov_en: each frame's own verified fix; ~/fix the filtered one
+    setup, ortho = world
+    tr = _tracker(setup, tracker={"enabled": False})
+    priors = Priors(altitude_m=ALT, hfov_deg=CAMERA.hfov_deg)
+    moved = []
+    for t, pose, img in _flight(ortho, 4, rate_hz=2.0, tilt=False):
+        res = tr.process(img, t, priors)
+        assert res.status is FixStatus.VERIFIED and res.fix is not None
+        assert (res.raw_lat, res.raw_lon) == (res.fix.lat, res.fix.lon)
+        assert np.allclose(res.raw_cov_en, res.fix.cov_en)
+        (e1, n1, _), (e2, n2, _) = tr.enu.to_enu(res.lat, res.lon, 0.0), tr.enu.to_enu(res.raw_lat, res.raw_lon, 0.0)
+        moved.append(math.hypot(e1 - e2, n1 - n2))
+    assert moved[0] == pytest.approx(0.0, abs=1e-6)  # the filter starts on the first fix
+    assert max(moved[1:]) > 1e-4  # then smooths: the published fix is not the raw one
+    # with the filter off, raw and published are the same
+    tr = _tracker(setup, tracker={"enabled": False}, node={"filter_enabled": False})
+    t, _, img = _flight(ortho, 1)[0]
+    res = tr.process(img, t, priors)
+    assert (res.raw_lat, res.raw_lon) == (res.lat, res.lon)
+
+
 def test_covariance_upper_bound_by_hand():
     filtered = np.array([[4.0, 0.0], [0.0, 100.0]])
     single = np.array([[25.0, 0.0], [0.0, 25.0]])

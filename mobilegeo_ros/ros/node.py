@@ -375,10 +375,12 @@ class LocalizeNode(Node):
 
     def _subscribe(self, msg_type, topic: str, callback, qos: QoSProfile, overridable: bool = True):
         """A subscription whose QoS ``qos_overrides./<topic>.subscription.*`` may override, with a warning that names
-        the topic and the fix when a publisher's QoS is incompatible."""
+        the topic and the fix when a publisher's QoS is incompatible. Without overrides (the camera following its
+        publishers) an incompatible publisher is not warned about: the next check re-subscribes to match it."""
         resolved = self.resolve_topic_name(topic)
         events = SubscriptionEventCallbacks(
-            incompatible_qos=lambda info, t=resolved: self._on_incompatible_qos(t, info))
+            incompatible_qos=(lambda info, t=resolved: self._on_incompatible_qos(t, info)) if overridable
+            else (lambda info: None), use_default_callbacks=False)
         return self.create_subscription(
             msg_type, topic, callback, qos, event_callbacks=events,
             qos_overriding_options=QoSOverridingOptions.with_default_policies() if overridable else None)
@@ -393,10 +395,12 @@ class LocalizeNode(Node):
             "best_effort for a best-effort driver)", throttle_duration_sec=WARN_THROTTLE_S)
 
     def _refuse_stray_qos_overrides(self) -> None:
-        """A ``qos_overrides.<topic>...`` naming no topic of this node is a typo (often the unremapped name)."""
+        """A ``qos_overrides.<topic>...`` naming no topic of this node is a typo (often the unremapped name). Both
+        camera transports' topics count (the transport can change at run time)."""
+        camera = tuple(f"qos_overrides.{t}.subscription." for t in (self._camera.raw_topic,
+                                                                     self._camera.compressed_topic))
         stray = sorted(k for k in self._parameter_overrides
-                       if k.startswith("qos_overrides.") and not self.has_parameter(k)
-                       and not (self._camera and self._camera.auto and k.startswith(self._camera.override_prefix)))
+                       if k.startswith("qos_overrides.") and not self.has_parameter(k) and not k.startswith(camera))
         if stray:
             topics = sorted({t for t, _ in self.get_subscriber_names_and_types_by_node(self.get_name(),
                                                                                          self.get_namespace())}
