@@ -204,8 +204,13 @@ class compressed_transport:
     def __enter__(self):
         result = self.h.node.set_parameters([Parameter("node.image_transport", value="compressed")])[0]
         assert result.successful, result.reason
-        self.h.wait(lambda: self.h.pub_comp.get_subscription_count() > 0, 10, "compressed subscription")
-        assert self.h.pub_image.get_subscription_count() == 0  # one transport at a time
+        try:
+            self.h.wait(lambda: self.h.pub_comp.get_subscription_count() > 0, 10, "compressed subscription")
+            # one transport at a time: the raw subscription is gone (discovery reports it within a moment)
+            self.h.wait(lambda: self.h.pub_image.get_subscription_count() == 0, 10, "raw unsubscribed")
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc):
         assert self.h.node.set_parameters([Parameter("node.image_transport", value="raw")])[0].successful
