@@ -469,6 +469,12 @@ def load_config(path: str | Path | None) -> Config:
     """Load a YAML config file (nested layout or a ROS parameter file); ``None`` gives the defaults."""
     if path is None:
         return Config().validate()
+    return from_flat(read_config_values(path))
+
+
+def read_config_values(path: str | Path) -> dict[str, Any]:
+    """The settings a YAML config file sets (nested layout or a ROS parameter file) as ``{"section.key": value}``,
+    coerced and validated as a whole (:class:`ConfigError` naming the file and key); keys it leaves out are absent."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -482,19 +488,29 @@ def load_config(path: str | Path | None) -> Config:
     # ROS parameter file: {node_name: {ros__parameters: {...}}}; take the first node's parameters.
     ros_params = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
     if ros_params:
-        params = ros_params[0]
-        core_keys = {k: v for k, v in _flatten_yaml(params).items() if k.split(".")[0] in _SECTIONS}
-        try:
-            return from_flat(core_keys)
-        except ConfigError as e:
-            raise ConfigError(f"config file {str(p)!r}: {e}") from None
+        data = {k: v for k, v in _flatten_yaml(ros_params[0]).items() if k.split(".")[0] in _SECTIONS}
+    else:
+        data = _flatten_yaml(data)
     try:
-        return from_dict(data)
+        full = flatten(from_flat(data))
     except ConfigError as e:
         raise ConfigError(f"config file {str(p)!r}: {e}") from None
+    return {k: full[k] for k in data}
 
 
 _SECTIONS = {f.name for f in dataclasses.fields(Config)}
+
+#: Sections the ROS node declares whole (runtime settings).
+NODE_SECTIONS = ("estimator", "refine", "tracker", "node")
+#: Settings of the map/model/index sections that say how to run the model and search the index (the node declares
+#: them); the other keys of those sections describe the index and are read from its index.json.
+RUNTIME_KEYS_IN_BUILD_SECTIONS = ("model.weights", "model.backend", "model.device", "model.precision",
+                                  "model.num_threads", "model.batch_size", "index.ivf_nprobe", "index.hnsw_ef_search")
+
+
+def node_keys() -> list[str]:
+    """The settings localize_node declares as ROS parameters, in :func:`describe` order."""
+    return [k for k in describe() if k.split(".")[0] in NODE_SECTIONS or k in RUNTIME_KEYS_IN_BUILD_SECTIONS]
 
 
 def _flatten_yaml(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -516,5 +532,6 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 __all__ = [
     "Config", "ConfigError", "EstimatorConfig", "IndexConfig", "MapConfig", "ModelConfig", "NodeConfig", "RefineConfig",
-    "RenderConfig", "TrackerConfig", "describe", "flatten", "from_dict", "from_flat", "load_config", "to_dict",
+    "RenderConfig", "TrackerConfig", "describe", "flatten", "from_dict", "from_flat", "load_config", "node_keys",
+    "read_config_values", "to_dict",
 ]

@@ -391,3 +391,23 @@ def test_camera_stops_gives_stale_and_no_fix(harness):
                     and f.header.stamp.sec > T0 + 10**7 and f.header.frame_id == "base_link"]
     fixes = harness.wait(no_fix, 3, "NO_FIX while stale")
     assert math.isnan(fixes[-1].latitude)
+
+
+def test_settings_that_describe_the_index_come_from_the_index(setup, tmp_path):
+    # a config file written for another index (tile size, input size, rotations) cannot change what this index is:
+    # the node takes those settings from index.json; its runtime settings still come from the file
+    cfg_file = tmp_path / "other.yaml"
+    cfg_file.write_text(yaml.safe_dump({"map": {"tile_px": 256}, "model": {"input_px": 224},
+                                        "index": {"rotations": 8}, "estimator": {"min_score": 0.42}}))
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    try:
+        node = LocalizeNode(context=context, parameter_overrides=[
+            Parameter("config_file", value=str(cfg_file)), Parameter("index_dir", value=str(setup.index_dir))])
+        assert (node.cfg.map.tile_px, node.cfg.model.input_px, node.cfg.index.rotations) == (
+            setup.cfg.map.tile_px, setup.cfg.model.input_px, setup.cfg.index.rotations) == (128, 128, 4)
+        assert node.cfg.estimator.min_score == 0.42
+        assert not node.has_parameter("map.tile_px") and node.has_parameter("estimator.min_score")
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

@@ -45,9 +45,8 @@ def node_env() -> dict:
 
 
 def _params(setup, **extra):
-    p = {"index_dir": str(setup.index_dir), "model.input_px": 128, "map.tile_px": 128, "map.tile_sizes_m": "[60.0]",
-         "index.rotations": 4,
-         "qos_overrides./image.subscription.reliability": "reliable"}
+    # the settings that describe the index (tile size, input size, rotations) come from its index.json
+    p = {"index_dir": str(setup.index_dir), "qos_overrides./image.subscription.reliability": "reliable"}
     p.update(extra)
     args = ["--ros-args"]
     for k, v in p.items():
@@ -75,8 +74,10 @@ def test_missing_index_dir_exits_2(tmp_path):
 @pytest.mark.parametrize("param,match", [
     ("node.window_size:=abc", "node.window_size: wrong type"),
     ("node.window_size:=0", "node.window_size"),
-    ("node.no_such_setting:=1", "unknown parameter(s): node.no_such_setting"),
+    ("node.no_such_setting:=1", "unknown parameter node.no_such_setting"),
     ("model.backend:=quantum", "model.backend: 'quantum' is not one of"),
+    ("map.tile_px:=256", "map.tile_px describes the tile index"),
+    ("node.qos_reliable:=true", "node.qos_reliable was removed: QoS is set per topic"),
 ])
 def test_bad_parameters_exit_2(tmp_path, param, match):
     r = _run(["--ros-args", "-p", f"index_dir:={tmp_path}", "-p", param])
@@ -85,11 +86,27 @@ def test_bad_parameters_exit_2(tmp_path, param, match):
     assert "Traceback" not in r.stderr
 
 
-def test_model_index_mismatch_exits_2(setup):
-    # the index was built with 128 px inputs; a 224 px model has another identity. The process is polled: a node
-    # that skipped the refusal would run on (spin forever) and fail here at the bound, not at a long timeout.
+def _other_weights(tmp_path) -> Path:
+    """The shipped student with one weight changed: another model identity (its sha256), same architecture."""
+    from safetensors.torch import load_file, save_file
+
+    from mobilegeo_ros.model.weights import resolve_default_weights
+
+    tensors = load_file(str(resolve_default_weights("")))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1.0
+    out = tmp_path / "other_student.safetensors"
+    save_file(tensors, str(out))
+    return out
+
+
+def test_model_index_mismatch_exits_2(setup, tmp_path):
+    # the index was built with the shipped student; other weights have another identity. The process is polled: a
+    # node that skipped the refusal would run on (spin forever) and fail here at the bound, not at a long timeout.
+    weights = _other_weights(tmp_path)
     t0 = time.monotonic()
-    proc = subprocess.Popen(node_command() + _params(setup, **{"model.input_px": 224}), env=node_env(),
+    proc = subprocess.Popen(node_command() + _params(setup, **{"model.weights": str(weights)}), env=node_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while proc.poll() is None and time.monotonic() - t0 < MISMATCH_EXIT_S:
@@ -105,7 +122,7 @@ def test_model_index_mismatch_exits_2(setup):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err  # one line naming the problem, no traceback
     assert "start-up refused" in lines[0] and str(setup.index_dir) in lines[0]
-    assert "different embedding model" in lines[0] and "224" in lines[0]
+    assert "different embedding model" in lines[0] and "weights" in lines[0]
     assert elapsed < MISMATCH_EXIT_S
 
 

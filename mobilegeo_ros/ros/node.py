@@ -270,12 +270,15 @@ class LocalizeNode(Node):
                                                             [float(v) for v in p.value])
 
     def _load_parameters(self) -> tuple[config_mod.Config, str, str]:
+        """Declare the parameters and build the Config: the settings that describe the index (map.*, the model's
+        identity, index.kind/heading/rotations...) come from the index's index.json; the runtime settings
+        (:func:`config_mod.node_keys`) from the config file, overridden by ``--ros-args``."""
         str_t = Parameter.Type.STRING
         config_file = self._declare("config_file", "", _descriptor(
             "config_file", {"help": "YAML config (nested layout or ROS parameter file) giving the defaults that "
                                     "--ros-args override; empty = built-in defaults"}, str_t))
         try:
-            base = config_mod.load_config(config_file or None)
+            file_values = config_mod.read_config_values(config_file) if config_file else {}
             from_file = _node_only_from_file(config_file)
         except config_mod.ConfigError as e:
             raise StartupError(str(e)) from None
@@ -283,24 +286,56 @@ class LocalizeNode(Node):
             raise StartupError(f"config file {config_file!r}: {e}") from None
         index_dir = self._declare("index_dir", str(from_file.get("index_dir", "")), _descriptor(
             "index_dir", {"help": "tile index directory (mobilegeo build-index output)"}, str_t))
+        node_keys = config_mod.node_keys()
+        defaults = self._index_settings(str(index_dir), file_values)
+        defaults.update({k: v for k, v in file_values.items() if k in node_keys})
         described = config_mod.describe()
-        types = {k: _param_type(m["type"]) for k, m in described.items()}
+        types = {k: _param_type(described[k]["type"]) for k in node_keys}
         self._widen_int_overrides(types)
-        defaults = config_mod.flatten(base)
-        values = {k: self._declare(k, defaults[k], _descriptor(k, m, types[k])) for k, m in described.items()}
+        for k in node_keys:
+            defaults[k] = self._declare(k, defaults[k], _descriptor(k, described[k], types[k]))
         unknown = sorted(n for n in set(self._parameter_overrides) - set(self._parameters)
                          if not n.startswith("qos_overrides."))
-        removed = [u for u in unknown if u in config_mod.REMOVED_KEYS]
-        if removed:
-            raise StartupError("; ".join(f"parameter {u} was removed: {config_mod.REMOVED_KEYS[u]}" for u in removed))
         if unknown:
-            raise StartupError(f"unknown parameter(s): {', '.join(unknown)} (see config/localize.yaml for the "
-                               f"parameters of {NODE_NAME})")
+            raise StartupError("; ".join(self._why_not_a_parameter(u) for u in unknown))
         try:
-            cfg = config_mod.from_flat(values)
+            cfg = config_mod.from_flat(defaults)
         except config_mod.ConfigError as e:
             raise StartupError(f"parameter {e}") from None
         return cfg, str(config_file), str(index_dir)
+
+    def _index_settings(self, index_dir: str, file_values: dict) -> dict:
+        """All settings, flat: the index's own (map, model identity, index) where its index.json records them, the
+        config file's otherwise; a config file contradicting the index is warned about (the index wins)."""
+        from mobilegeo_ros.index.facts import IndexFacts, IndexFileError
+
+        settings = config_mod.flatten(config_mod.from_flat(file_values))
+        try:
+            recorded = config_mod.flatten(IndexFacts.read(index_dir).build_config())
+        except (IndexFileError, OSError, config_mod.ConfigError):
+            return settings  # no readable index yet: start() says why, or an old index serves with the file's values
+        node_keys = set(config_mod.node_keys())
+        for key, value in recorded.items():
+            if key in node_keys or key.split(".")[0] not in ("map", "model", "index"):
+                continue
+            if key in file_values and file_values[key] != value:
+                self.get_logger().warning(f"config file sets {key} = {file_values[key]!r}, but the index was built "
+                                          f"with {value!r}: the index's value is used")
+            settings[key] = value
+        for key in ("model.weights", "index.ivf_nprobe", "index.hnsw_ef_search"):
+            settings[key] = recorded[key]  # the index's build values are the defaults of these runtime settings
+        return settings
+
+    @staticmethod
+    def _why_not_a_parameter(name: str) -> str:
+        if name in config_mod.REMOVED_KEYS:
+            return f"parameter {name} was removed: {config_mod.REMOVED_KEYS[name]}"
+        if name in config_mod.describe():
+            if name.split(".")[0] in ("map", "model", "index"):
+                return (f"parameter {name} describes the tile index: {NODE_NAME} reads it from the index's "
+                        "index.json (rebuild the index to change it)")
+            return f"parameter {name} is not a setting of {NODE_NAME} (it is used by the mobilegeo CLI)"
+        return (f"unknown parameter {name} (see config/localize.yaml for the parameters of {NODE_NAME})")
 
     # -----------------------------------------------------------------------------------------------------------
     # Start-up
