@@ -6,9 +6,11 @@ A thin adapter: callbacks copy message fields into plain values; decoding, the w
 newest frame wins, older unprocessed frames are dropped and counted), so latency stays bounded when the camera is
 faster than the model.
 
-Parameters: every setting of :class:`mobilegeo_ros.config.Config` as ``section.key`` (type, description and range
-from ``config.describe()``), plus ``config_file`` (a YAML file read with ``config.load_config``, the CLI's loader;
-its values are the defaults that ``--ros-args -p``/``--params-file`` override) and ``index_dir``. Unknown or ill-typed
+Parameters: the runtime settings of :class:`mobilegeo_ros.config.Config` (``config.node_keys()``: the estimator,
+refine, tracker and node sections, how to run the model and search the index) as ``section.key`` (type, description
+and range from ``config.describe()``), plus ``config_file`` (a YAML file read by the CLI's loader; its values are the
+defaults that ``--ros-args -p``/``--params-file`` override) and ``index_dir``. Settings that describe the index (map,
+model identity, index kind/heading/rotations) are read from its index.json, not declared. Unknown or ill-typed
 parameters, or a missing/mismatched index or model file, stop the start-up with a message and exit code 2.
 
 Topics (relative, so namespaces and remaps apply):
