@@ -14,11 +14,15 @@ parameters, or a missing/mismatched index or model file, stop the start-up with 
 Topics (relative, so namespaces and remaps apply):
   in:  ``image`` (sensor_msgs/Image), ``image/compressed`` (sensor_msgs/CompressedImage), ``camera_info`` (optional,
        field of view), ``imu`` (sensor_msgs/Imu: heading and, with ``node.use_imu_tilt``, tilt; REP-103 orientation of
-       body FLU in ENU, see :mod:`.pipeline`), ``altitude`` (std_msgs/Float64, metres above ground), ``gnss_prior``
+       body FLU in ENU, see :mod:`.pipeline`), ``altitude`` (std_msgs/Float64, metres above ground, unstamped),
+       ``altitude_range`` (sensor_msgs/Range from a downward rangefinder: height above ground, stamped), ``gnss_prior``
        (sensor_msgs/NavSatFix bounding the search). Images and priors use SensorDataQoS unless ``node.qos_reliable``.
+       Priors are matched to each image's header stamp (:class:`.pipeline.PriorState`, ``node.prior_timeout_s``).
   out: ``~/fix`` (sensor_msgs/NavSatFix, image stamp, STATUS_NO_FIX when not confident, covariance DIAGONAL_KNOWN in
-       ENU m²), ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped in ``node.map_frame``: local ENU anchored at the
-       index origin), ``~/velocity`` (geometry_msgs/TwistWithCovarianceStamped, ENU m/s from the Kalman filter),
+       ENU m²; altitude above the WGS84 ellipsoid from ``node.dem_file`` / ``node.ground_alt_m``, else NaN),
+       ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped in ``node.map_frame``: local ENU anchored at the ground at
+       the index origin; z: :class:`mobilegeo_ros.tracker.TrackResult` ``u``), ``~/velocity``
+       (geometry_msgs/TwistWithCovarianceStamped, ENU m/s from the Kalman filter),
        ``/diagnostics`` (diagnostic_msgs/DiagnosticArray every ``node.diagnostics_period_s``).
 """
 
@@ -41,11 +45,12 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, NavSatStatus
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, NavSatStatus, Range
 from std_msgs.msg import Float64
 
 from mobilegeo_ros import config as config_mod
 from mobilegeo_ros.estimator.status import FixStatus
+from mobilegeo_ros.geo.raster import GeoError
 from mobilegeo_ros.ros.pipeline import (
     STALE, UNKNOWN_VARIANCE, Frame, LatestMailbox, LocalizationPipeline, Output, PriorState, Stats, diagnostic_level,
     heading_to_quaternion,
@@ -209,7 +214,10 @@ class LocalizeNode(Node):
         except (ValueError, RuntimeError, OSError) as e:
             raise StartupError(f"cannot load the index {self.index_dir!r} or model "
                                f"{self.cfg.model.weights or '(shipped default)'!r}: {e}") from None
-        self.pipeline = LocalizationPipeline(loc, self.cfg, self.stats)
+        try:
+            self.pipeline = LocalizationPipeline(loc, self.cfg, self.stats)
+        except GeoError as e:  # node.dem_file missing, unreadable or not georeferenced
+            raise StartupError(f"node.dem_file: {e}") from None
         self._make_bridges()
         self._make_interfaces()
         self.worker = threading.Thread(target=self._work, name="localize_worker", daemon=True)
@@ -247,6 +255,7 @@ class LocalizeNode(Node):
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
         self.create_subscription(Imu, "imu", self._on_imu, qos)
         self.create_subscription(Float64, "altitude", self._on_altitude, qos)
+        self.create_subscription(Range, "altitude_range", self._on_altitude_range, qos)
         self.create_subscription(NavSatFix, "gnss_prior", self._on_gnss_prior, qos)
         self.pub_fix = self.create_publisher(NavSatFix, "~/fix", 10)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
@@ -283,24 +292,41 @@ class LocalizeNode(Node):
     def _prior_error(self, what: str, e: Exception) -> None:
         self.stats.note_error("prior_errors", f"{what}: {e}")
 
+    def _prior_stamp_s(self, stamp=None) -> float:
+        """A prior's time for matching it to image stamps: its header stamp, or for a zero stamp (a driver that does
+        not stamp) or no header (std_msgs/Float64) the node clock now (ROS time: the bag's clock under use_sim_time)."""
+        if stamp is not None and (stamp.sec != 0 or stamp.nanosec != 0):
+            return _stamp_s(stamp)
+        return self.get_clock().now().nanoseconds * 1e-9
+
     def _on_imu(self, msg: Imu) -> None:
         q = msg.orientation
         try:
-            self.priors.set_imu(q.x, q.y, q.z, q.w)
+            if msg.orientation_covariance[0] == -1.0:
+                raise ValueError("no orientation in this message (orientation_covariance[0] = -1, REP-145)")
+            self.priors.set_imu(q.x, q.y, q.z, q.w, self._prior_stamp_s(msg.header.stamp))
         except ValueError as e:
             self._prior_error("imu", e)
 
     def _on_altitude(self, msg: Float64) -> None:
         try:
-            self.priors.set_altitude(float(msg.data))
+            self.priors.set_altitude(float(msg.data), self._prior_stamp_s())
         except ValueError as e:
             self._prior_error("altitude", e)
+
+    def _on_altitude_range(self, msg: Range) -> None:
+        try:
+            self.priors.set_range(float(msg.range), float(msg.min_range), float(msg.max_range),
+                                  self._prior_stamp_s(msg.header.stamp))
+        except ValueError as e:
+            self._prior_error("altitude_range", e)
 
     def _on_gnss_prior(self, msg: NavSatFix) -> None:
         cov = None
         if msg.position_covariance_type != NavSatFix.COVARIANCE_TYPE_UNKNOWN:
             cov = (float(msg.position_covariance[0]), float(msg.position_covariance[4]))
-        self.priors.set_gnss(float(msg.latitude), float(msg.longitude), int(msg.status.status), cov)
+        self.priors.set_gnss(float(msg.latitude), float(msg.longitude), int(msg.status.status), cov,
+                             self._prior_stamp_s(msg.header.stamp))
 
     # -----------------------------------------------------------------------------------------------------------
     # Worker thread
@@ -310,7 +336,7 @@ class LocalizeNode(Node):
             frame = self.mailbox.get(timeout=0.2)
             if frame is None:
                 continue
-            out = self.pipeline.process(frame, self.priors.priors())
+            out = self.pipeline.process(frame, self.priors.priors(frame.stamp_s))  # priors at the image stamp
             if out is None:
                 continue
             try:
@@ -347,11 +373,13 @@ class LocalizeNode(Node):
             return msg
         msg.status.status = NavSatStatus.STATUS_FIX
         msg.latitude, msg.longitude = float(out.lat), float(out.lon)
+        # altitude above the WGS84 ellipsoid (ground height from node.dem_file / node.ground_alt_m + height above
+        # ground); NaN with a huge variance when either is unknown, as the message definition asks
         known_alt = math.isfinite(out.alt_m)
         msg.altitude = float(out.alt_m) if known_alt else math.nan
         cov = [0.0] * 9
         cov[0], cov[4] = float(out.cov_en[0, 0]), float(out.cov_en[1, 1])
-        cov[8] = _altitude_variance(out)
+        cov[8] = _altitude_variance(out) if known_alt else UNKNOWN_VARIANCE
         msg.position_covariance = cov
         msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
         return msg
