@@ -62,7 +62,7 @@ class DemFile:
         x, y = self._to_dem.transform(lon, lat)
         if not (math.isfinite(x) and math.isfinite(y)):
             return math.nan
-        col, row = self._inverse * (x, y)  # continuous pixel coordinates: pixel (0, 0)'s centre is (0.5, 0.5)
+        col, row = self._inverse @ (x, y)  # continuous pixel coordinates: pixel (0, 0)'s centre is (0.5, 0.5)
         if not (0.0 <= col <= self.width and 0.0 <= row <= self.height):
             return math.nan
         u, v = col - 0.5, row - 0.5
