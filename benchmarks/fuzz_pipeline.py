@@ -230,7 +230,7 @@ def fuzz_messages(n: int, seed: int = 0, valid_every: int = 10, clean_track: int
         out = pipe.process(Frame("raw", encode_image(rgb, "rgb8"), stamp_s=stamp), Priors(altitude_m=60.0, hfov_deg=70.0))
         clean[("fix" if out.status.is_fix else out.status.value) if out else "none"] += 1
         if out is not None and out.status.is_fix:
-            e, n_, _ = pipe.tracker.enu.to_enu(lat, lon, cfg.node.ground_alt_m)
+            e, n_, _ = pipe.tracker.enu.to_enu(lat, lon, pipe.tracker.enu.origin_h)
             errs.append(math.hypot(out.e - e, out.n - n_))
     return {
         "messages": n, "seconds": fuzz_s, "crashes": len(crashes), "crash_examples": crashes[:10],

@@ -97,7 +97,7 @@ def soak(hours: float, rate_hz: float, speed_mps: float = 5.0, radius_m: float =
         if out is not None:
             window_lat.append(1e3 * out.latency_s)
             if out.status.is_fix:
-                e, n, _ = pipe.tracker.enu.to_enu(lat, lon, cfg.node.ground_alt_m)
+                e, n, _ = pipe.tracker.enu.to_enu(lat, lon, pipe.tracker.enu.origin_h)
                 errors[k] = math.hypot(out.e - e, out.n - n)
                 sigmas[k] = math.sqrt(max(np.trace(out.cov_en), 0.0) / 2.0)
                 is_fix[k] = True

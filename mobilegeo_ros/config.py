@@ -20,6 +20,7 @@ flattened with dots (``model.backend``), see :func:`flatten` / :func:`from_flat`
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,16 +276,27 @@ class NodeConfig:
     heading_feedback_s: float = _f(1.0, "without an IMU heading, the heading registered on a frame at most this "
                                         "much older is the next frames' yaw prior (narrows the search), seconds; 0 = "
                                         "off", min=0.0, runtime=True)
-    prior_timeout_s: float = _f(2.0, "imu/altitude/gnss_prior messages older than this are ignored, seconds",
-                                min=0.0)
+    prior_timeout_s: float = _f(2.0, "time matching of the priors to an image: imu/altitude/gnss_prior samples whose "
+                                     "header stamp is more than this from the image's header stamp are not used "
+                                     "(imu and altitude are interpolated between the two samples around the image "
+                                     "stamp when both are this close, else the nearest one is used; messages with a "
+                                     "zero stamp and std_msgs/Float64 altitudes are stamped with the node clock at "
+                                     "receipt), seconds", min=0.0)
     use_imu_tilt: bool = _f(False, "use the IMU pitch/roll as camera tilt (camera rigidly fixed looking down); "
                                    "false = gimballed nadir camera (tilt 0)")
     camera_yaw_offset_deg: float = _f(0.0, "compass angle from the body forward axis to the image top edge, "
                                            "degrees clockwise", min=-180.0, max=180.0)
     gnss_prior_radius_m: float = _f(300.0, "search radius around a gnss_prior fix (grown by its 3-sigma), metres",
                                     min=1.0)
-    ground_alt_m: float = _f(0.0, "ground height above the WGS84 ellipsoid; published altitude = altitude prior + "
-                                  "this, metres")
+    dem_file: str = _f("", "GeoTIFF of ground heights above the WGS84 ellipsoid (metres, any CRS), sampled at each "
+                           "fix: published altitude = ground height + height above ground; empty = none")
+    ground_alt_m: float = _f(math.nan, "ground height above the WGS84 ellipsoid where node.dem_file gives none (or "
+                                       "without one), metres; .nan = unknown: ~/fix altitude NaN and no altitude "
+                                       "sent to the flight stack", nan_allowed=True)
+    geoid_separation_m: float = _f(math.nan, "geoid height above the WGS84 ellipsoid in the mission area (EGM96 / "
+                                             "EGM2008 N), metres: NMEA GGA and MAVLink get the altitude above mean sea "
+                                             "level = ellipsoidal altitude - this; .nan = unknown: no MSL altitude "
+                                             "sent", nan_allowed=True)
     filter_enabled: bool = _f(True, "smooth fixes with the constant-velocity Kalman filter (outlier gate, "
                                     "velocity); false publishes raw fixes")
     filter_accel_psd: float = _f(2.0, "Kalman process noise: acceleration spectral density, m^2/s^3", min=1e-6,
@@ -358,6 +370,8 @@ class Config:
             obj = getattr(self, section.name)
             for f in dataclasses.fields(obj):
                 value = getattr(obj, f.name)
+                if isinstance(value, float) and math.isnan(value) and not f.metadata.get("nan_allowed"):
+                    raise ConfigError(f"{section.name}.{f.name}: NaN is not a value of this setting")
                 lo_, hi_ = f.metadata.get("min"), f.metadata.get("max")
                 if lo_ is not None and value < lo_ or hi_ is not None and value > hi_:
                     raise ConfigError(f"{section.name}.{f.name}: {value!r} is outside [{lo_}, {hi_}]")
@@ -385,9 +399,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         return [_coerce(f"{key}[{i}]", v, item_hint) for i, v in enumerate(value)]
     if hint is float:
+        if isinstance(value, str) and value.strip().lower() in _NAN_WORDS:
+            return math.nan  # `nan` is a double to ROS parameter files but a string to PyYAML: the same here
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        value = float(value)
+        # one NaN object: dataclass equality compares fields by identity first, so configs that both say "unknown"
+        # compare equal (NaN != NaN)
+        return math.nan if math.isnan(value) else value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
@@ -401,6 +420,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error
+
+
+#: Strings read as NaN for a float setting (PyYAML reads ``.nan`` as a float but ``nan`` as a string).
+_NAN_WORDS = frozenset({"nan", ".nan"})
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from mobilegeo_ros.config import Config
 from mobilegeo_ros.estimator.kalman import ConstantVelocityFilter, chi2_2dof_quantile
 from mobilegeo_ros.estimator.refine import Registration, centre_geometry
 from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decide_status
+from mobilegeo_ros.geo.elevation import GroundElevation
 from mobilegeo_ros.geo.enu import LocalENU
 from mobilegeo_ros.io import FlightStackFix
 from mobilegeo_ros.localizer import Fix, Localizer, Priors
@@ -70,8 +71,12 @@ class TrackResult:
 
     Positions: the drone's nadir point in the index's map CRS (``easting``, ``northing``) and WGS84 (``lat``, ``lon``)
     — after the filter when ``node.filter_enabled`` — and local ENU metres (``e``, ``n``, ``u``; the node's ``map``
-    frame). ``cov_en`` 2×2 m² (east, north); ``vel_en`` m/s, ``vel_cov`` m²/s²; ``alt_m`` height above the WGS84
-    ellipsoid (altitude above ground + ``node.ground_alt_m``), ``altitude_m`` above ground; NaN when unknown.
+    frame). ``cov_en`` 2×2 m² (east, north); ``vel_en`` m/s, ``vel_cov`` m²/s²; ``altitude_m`` height above ground
+    (the altitude prior, else the solved camera pose); ``alt_m`` height above the WGS84 ellipsoid = ground height at
+    the fix (:class:`mobilegeo_ros.geo.elevation.GroundElevation`: ``node.dem_file``, else ``node.ground_alt_m``) +
+    ``altitude_m``; NaN when unknown. ``u``: the ENU up coordinate in the ``map`` frame, whose origin is the ground at
+    the index origin, when ``alt_m`` and the origin's ground height are known; else ``altitude_m`` (flat ground at the
+    origin's level).
     ``stage_ms``: wall time per stage of this frame (flow, embed, localize, register, pose, filter).
     """
 
@@ -127,8 +132,11 @@ class TrackResult:
                 "tracked_m": num(self.tracked_m), "latency_ms": 1e3 * self.latency_s, "reason": self.reason}
 
     def flight_stack_fix(self, cfg: Config) -> FlightStackFix:
-        """The value the NMEA/MAVLink bridges send."""
+        """The value the NMEA/MAVLink bridges send: their altitude is above mean sea level, ``alt_m`` minus
+        ``node.geoid_separation_m``, and unknown (None) when either is unknown."""
         valid = self.status.is_fix
+        geoid_m = cfg.node.geoid_separation_m
+        msl_known = valid and math.isfinite(self.alt_m) and math.isfinite(geoid_m)
         se = math.sqrt(self.cov_en[0, 0]) if valid else 0.0
         sn = math.sqrt(self.cov_en[1, 1]) if valid else 0.0
         ve = vn = sv = None
@@ -137,7 +145,10 @@ class TrackResult:
             sv = math.sqrt(max(self.vel_cov[0, 0], self.vel_cov[1, 1])) if self.vel_cov is not None else None
         return FlightStackFix(
             stamp_s=self.stamp_s, valid=valid, lat=self.lat if valid else 0.0, lon=self.lon if valid else 0.0,
-            alt_m=self.alt_m if valid and math.isfinite(self.alt_m) else None, sigma_east_m=se, sigma_north_m=sn,
+            alt_m=self.alt_m - geoid_m if msl_known else None,
+            geoid_separation_m=geoid_m if valid and math.isfinite(geoid_m) else None,
+            sigma_alt_m=self.altitude_sigma_m if msl_known and math.isfinite(self.altitude_sigma_m) else None,
+            sigma_east_m=se, sigma_north_m=sn,
             vel_east_mps=ve, vel_north_mps=vn, sigma_vel_mps=sv,
             heading_deg=self.heading_deg if valid else None, satellites=cfg.node.satellites_reported)
 
@@ -331,7 +342,12 @@ class Tracker:
         self.loc, self.cfg = localizer, cfg
         tc = cfg.tracker
         self.flow = FrameToFrame(tc.track_width_px, tc.track_features, tc.min_track_inliers)
-        self.enu = LocalENU(localizer.origin_lat, localizer.origin_lon, cfg.node.ground_alt_m)
+        self.ground = GroundElevation.from_config(cfg.node)  # GeoError for an unusable node.dem_file
+        origin_ground_m = self.ground.height_at(localizer.origin_lat, localizer.origin_lon)
+        self._origin_ground_known = math.isfinite(origin_ground_m)
+        # the map frame's origin: the ground at the index origin (the ellipsoid there when its height is unknown)
+        self.enu = LocalENU(localizer.origin_lat, localizer.origin_lon,
+                            origin_ground_m if self._origin_ground_known else 0.0)
         self._worker = _Worker() if background else None
         self.reset()
 
@@ -356,6 +372,7 @@ class Tracker:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.close()
+        self.ground.close()
 
     # -- the frame's journey ----------------------------------------------------------------------------------------
     def process(self, image: np.ndarray, stamp_s: float, priors: Priors | None = None, frame: Any = None
@@ -472,9 +489,10 @@ class Tracker:
         if res.status is FixStatus.NO_FIX and not res.reason:
             res.reason = own_fix.reason if own_fix is not None else "waiting for a keyframe registration"
 
-        # 6. filter
+        # 6. filter, 7. ellipsoidal altitude at the published position
         t = time.perf_counter()
         self._filter(res, priors)
+        self._ellipsoidal_altitude(res)
         stage["filter"] = 1e3 * (time.perf_counter() - t)
         if res.status is FixStatus.VERIFIED and res.heading_deg is not None:
             self._registered_heading = (stamp_s, float(res.heading_deg))
@@ -698,8 +716,7 @@ class Tracker:
             ALTITUDE_SOLVED_SIGMA_FRACTION * alt if alt is not None else math.nan)
         if alt is not None:
             res.altitude_m = float(alt)
-            res.alt_m = float(alt) + node.ground_alt_m
-            res.u = float(alt)
+            res.u = float(alt)  # until the ground height at the fix places it in the map frame (_ellipsoidal)
         if not res.status.is_fix:
             return
         if not (math.isfinite(res.lat) and math.isfinite(res.lon)):
@@ -709,7 +726,7 @@ class Tracker:
         cov = np.asarray(res.cov_en, float).reshape(2, 2)
         if not np.all(np.isfinite(cov)) or np.linalg.eigvalsh(0.5 * (cov + cov.T))[0] <= 0:
             cov = np.eye(2) * max(res.sigma_m if math.isfinite(res.sigma_m) else 1.0, 1.0) ** 2
-        e, n, _ = self.enu.to_enu(res.lat, res.lon, node.ground_alt_m)
+        e, n, _ = self.enu.to_enu(res.lat, res.lon, self.enu.origin_h)
         res.raw_lat, res.raw_lon, res.raw_cov_en = res.lat, res.lon, cov
         if not node.filter_enabled:
             res.e, res.n, res.cov_en = float(e), float(n), cov
@@ -726,6 +743,18 @@ class Tracker:
         res.vel_en, res.vel_cov = r.velocity, r.velocity_cov
         res.lat, res.lon, _ = self.enu.to_wgs84(res.e, res.n, 0.0)
         res.easting, res.northing = self.loc.wgs84_to_map(res.lat, res.lon)
+
+    def _ellipsoidal_altitude(self, res: TrackResult) -> None:
+        """``alt_m`` (above the WGS84 ellipsoid) and the map-frame ``u`` of a fix from the ground height under it."""
+        if not (res.status.is_fix and math.isfinite(res.altitude_m) and math.isfinite(res.lat)
+                and math.isfinite(res.lon)):
+            return
+        ground_m = self.ground.height_at(res.lat, res.lon)
+        if not math.isfinite(ground_m):
+            return
+        res.alt_m = ground_m + res.altitude_m
+        if self._origin_ground_known:
+            res.u = float(self.enu.to_enu(res.lat, res.lon, res.alt_m)[2])
 
     def _with_heading_feedback(self, stamp_s: float, priors: Priors) -> Priors:
         """Priors with the heading registered on a recent frame as the yaw prior when none is known (it narrows the

@@ -76,7 +76,7 @@ def test_backend_fault_drops_the_frame_reports_error_and_recovers(world, monkeyp
     # the faulty frame never entered the window: every later frame is a fix near its truth
     for out, (_, _, (lat, lon)) in list(zip(outs, views))[3:]:
         assert out is not None and out.status is FixStatus.VERIFIED, out.reason if out else None
-        e, n, _ = pipe.tracker.enu.to_enu(lat, lon, cfg.node.ground_alt_m)
+        e, n, _ = pipe.tracker.enu.to_enu(lat, lon, pipe.tracker.enu.origin_h)
         assert math.hypot(out.e - e, out.n - n) < 20.0
     assert all(np.all(np.isfinite(w[1])) for w in pipe.tracker.window)
 

@@ -34,7 +34,7 @@ from synthetic_world import render_views, synthetic_setup  # noqa: E402
 DOMAIN_ID = 61
 GROUND_ALT = 1500.0
 T0 = 1_700_000_000  # image stamps: a real UTC time, so the GPS week fields are meaningful
-PRIOR_TIMEOUT_S = 2.0  # node.prior_timeout_s: an imu/altitude prior is forgotten this long after its receipt
+PRIOR_TIMEOUT_S = 2.0  # node.prior_timeout_s: an imu/altitude sample serves images stamped at most this far from it
 
 
 def _haversine_m(lat1, lon1, lat2, lon2):
@@ -67,7 +67,6 @@ class Harness:
         self.pub_imu = self.client.create_publisher(Imu, "imu", qos)
         self.pub_alt = self.client.create_publisher(Float64, "altitude", qos)
         self.lock = threading.Lock()
-        self.priors_sent_s = -math.inf  # monotonic time of the last imu/altitude prior published
         self.fixes, self.poses, self.twists, self.diags, self.odoms = [], [], [], [], []
         self.client.create_subscription(Odometry, "/localize_node/odometry", self._store(self.odoms), 50)
         self.client.create_subscription(NavSatFix, "/localize_node/fix", self._store(self.fixes), 50)
@@ -100,13 +99,6 @@ class Harness:
                 return value
             time.sleep(0.02)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-    def wait_priors_expired(self):
-        """Tests run in any order: one that needs the node without attitude/altitude priors waits until those
-        published by an earlier test (test_priors_altitude_heading_and_velocity) have expired."""
-        left = self.priors_sent_s + PRIOR_TIMEOUT_S + 0.5 - time.monotonic()
-        if left > 0:
-            time.sleep(left)
 
     def wait_stamped(self, box, sec, timeout=30.0):
         def find():
@@ -182,7 +174,7 @@ def _check_fix(h, sec, truth_latlon):
 @pytest.mark.parametrize("encoding,sec,view", [("rgb8", T0 + 1000, 0), ("bgr8", T0 + 1010, 1)])
 def test_raw_image_gives_stamped_fix_near_truth(harness, views, encoding, sec, view):
     rgb, _, latlon = views[view]
-    harness.wait_priors_expired()
+    # no priors: those of test_priors_altitude_heading_and_velocity are stamped now, years from these images' stamps
     harness.pub_image.publish(_image_msg(rgb, encoding, sec))
     fix = _check_fix(harness, sec, latlon)
     assert math.isnan(fix.altitude) and fix.position_covariance[8] >= 1e5  # no altitude prior
@@ -228,26 +220,29 @@ def test_compressed_jpeg_gives_fix(harness, views):
 
 
 def test_priors_altitude_heading_and_velocity(harness, views):
+    # Priors are matched to the image stamp. Neither message carries a stamp (an Imu with a zero header stamp, a
+    # std_msgs/Float64), so the node stamps both with its clock at receipt, and the images are stamped now.
     # IMU: body x axis pointing north = ENU yaw 90 deg (REP-103), so the camera (image top forward) has yaw 0
     imu = Imu()
     imu.orientation.z, imu.orientation.w = math.sin(math.pi / 4), math.cos(math.pi / 4)
-    harness.priors_sent_s = time.monotonic()
     harness.pub_imu.publish(imu)
     harness.pub_alt.publish(Float64(data=60.0))
-    harness.wait(lambda: harness.node.priors.priors().altitude_m == 60.0
-                 and harness.node.priors.priors().yaw_deg is not None, 5, "priors")
-    assert harness.node.priors.priors().yaw_deg == pytest.approx(0.0, abs=1e-6)
+    harness.wait(lambda: harness.node.priors.priors(time.time()).altitude_m == 60.0
+                 and harness.node.priors.priors(time.time()).yaw_deg is not None, 5, "priors")
+    assert harness.node.priors.priors(time.time()).yaw_deg == pytest.approx(0.0, abs=1e-6)
+    now_sec = int(time.time())
     rgb, _, latlon = views[3]
-    harness.pub_image.publish(_image_msg(rgb, "rgb8", T0 + 1030))
-    fix = _check_fix(harness, T0 + 1030, latlon)
+    harness.pub_image.publish(_image_msg(rgb, "rgb8", now_sec))
+    fix = _check_fix(harness, now_sec, latlon)
     assert fix.altitude == pytest.approx(GROUND_ALT + 60.0) and fix.position_covariance[8] == pytest.approx(1.0)
-    pose = harness.wait_stamped(harness.poses, T0 + 1030)
+    pose = harness.wait_stamped(harness.poses, now_sec)
     q = pose.pose.pose.orientation
     assert (q.z, q.w) == pytest.approx((math.sin(math.pi / 4), math.cos(math.pi / 4)), abs=1e-6)
-    assert pose.pose.pose.position.z == pytest.approx(60.0)
+    # map frame: ENU at the ground of the index origin (node.ground_alt_m), so 60 m above the (flat) ground
+    assert pose.pose.pose.position.z == pytest.approx(60.0, abs=0.01)
     # a second view 1 s later from the same place: the filter updates and reports a velocity
-    harness.pub_image.publish(_image_msg(rgb, "rgb8", T0 + 1031))
-    twist = harness.wait_stamped(harness.twists, T0 + 1031)
+    harness.pub_image.publish(_image_msg(rgb, "rgb8", now_sec + 1))
+    twist = harness.wait_stamped(harness.twists, now_sec + 1)
     assert twist.header.frame_id == "map"
     assert math.hypot(twist.twist.twist.linear.x, twist.twist.twist.linear.y) < 30.0
     assert 0 < twist.twist.covariance[0] < 1e5

@@ -60,20 +60,20 @@ def test_priors_expire_and_tilt_sign():
     cfg = config_mod.from_dict({"node": {"prior_timeout_s": 1.0, "use_imu_tilt": True, "camera_yaw_offset_deg": 90.0}})
     p = PriorState(cfg)
     s, c = math.sin(math.radians(5)), math.cos(math.radians(5))
-    p.set_imu(0, s, 0, c, now=10.0)  # nose down 10 deg, body x east
-    p.set_altitude(80.0, now=10.0)
-    p.set_gnss(40.0, -105.0, 0, (100.0, 400.0), now=10.0)
-    pr = p.priors(now=10.5)
+    p.set_imu(0, s, 0, c, stamp_s=10.0)  # nose down 10 deg, body x east
+    p.set_altitude(80.0, stamp_s=10.0)
+    p.set_gnss(40.0, -105.0, 0, (100.0, 400.0), stamp_s=10.0)
+    pr = p.priors(10.5)
     assert pr.yaw_deg == pytest.approx(180.0)  # east + 90 deg camera offset
     assert pr.pitch_deg == pytest.approx(-10.0)  # a fixed nadir camera looks backwards when the nose drops
     assert pr.altitude_m == 80.0
     assert pr.radius_m == pytest.approx(cfg.node.gnss_prior_radius_m + 60.0)
-    empty = p.priors(now=11.5)
+    empty = p.priors(11.5)  # 1.5 s from every sample: none within node.prior_timeout_s
     assert empty.yaw_deg is None and empty.altitude_m is None and empty.lat is None
     with pytest.raises(ValueError, match="altitude"):
-        p.set_altitude(math.nan)
-    p.set_gnss(40.0, -105.0, -1, None, now=12.0)  # NO_FIX clears
-    assert p.priors(now=12.0).lat is None
+        p.set_altitude(math.nan, 10.0)
+    p.set_gnss(40.0, -105.0, -1, None, stamp_s=12.0)  # NO_FIX clears
+    assert p.priors(12.0).lat is None
 
 
 def test_mailbox_keeps_only_the_latest():
@@ -130,7 +130,7 @@ def test_pipeline_decodes_both_encodings_and_runs_the_tracker(pipeline):
     outs = [pipe.process(f) for f in frames]
     assert all(o is not None and o.status is FixStatus.VERIFIED for o in outs), [o.reason for o in outs if o]
     assert [o.frame for o in outs] == frames and [o.stamp_s for o in outs] == [100.0, 100.5]
-    enu_e, enu_n, _ = pipe.tracker.enu.to_enu(*views[1][2], pipe.cfg.node.ground_alt_m)
+    enu_e, enu_n, _ = pipe.tracker.enu.to_enu(*views[1][2], pipe.tracker.enu.origin_h)
     # nadir views at 60 m registered on the map: metres, not the tens of metres of a retrieval fix
     assert math.hypot(outs[-1].e - enu_e, outs[-1].n - enu_n) < 3.0
     assert outs[-1].vel_en is not None and outs[-1].filter_event == "update"

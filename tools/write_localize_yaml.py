@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -49,6 +50,8 @@ def _value(v) -> str:
         return json.dumps(v)
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, float) and math.isnan(v):
+        return ".nan"  # a float to PyYAML and to the ROS parameter parser alike ("nan" is a string to PyYAML)
     return repr(v)
 
 

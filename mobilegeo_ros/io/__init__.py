@@ -13,8 +13,10 @@ class FlightStackFix:
     """What the NMEA and MAVLink bridges send for one localizer output.
 
     ``stamp_s``: UTC seconds since the Unix epoch (the image stamp). ``valid``: a usable position (else the bridges
-    send "no fix"). ``lat, lon``: WGS84 degrees. ``alt_m``: altitude in metres (above the ellipsoid, used as MSL with a
-    zero geoid separation) or ``None`` when unknown. ``sigma_east_m, sigma_north_m``: 1-sigma horizontal errors.
+    send "no fix"). ``lat, lon``: WGS84 degrees. ``alt_m``: altitude above mean sea level (the geoid), metres, or
+    ``None`` when unknown (NMEA GGA and MAVLink GPS_INPUT carry MSL altitudes; the node never sends an ellipsoidal
+    height as MSL). ``geoid_separation_m``: height of the geoid above the WGS84 ellipsoid (GGA field 11), metres, or
+    ``None`` when unknown. ``sigma_east_m, sigma_north_m``: 1-sigma horizontal errors.
     ``sigma_alt_m``: 1-sigma vertical error or ``None``. ``vel_east_mps, vel_north_mps``: ENU velocity or ``None``;
     ``sigma_vel_mps`` its 1-sigma. ``heading_deg``: compass heading (clockwise from north) or ``None``.
     ``satellites``: the satellite count reported to the flight stack (a camera fix has none; autopilots refuse
@@ -26,6 +28,7 @@ class FlightStackFix:
     lat: float = 0.0
     lon: float = 0.0
     alt_m: float | None = None
+    geoid_separation_m: float | None = None
     sigma_east_m: float = 0.0
     sigma_north_m: float = 0.0
     sigma_alt_m: float | None = None

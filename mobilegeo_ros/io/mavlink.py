@@ -3,8 +3,9 @@
 Units (MAVLink common.xml): ``lat/lon`` degE7, ``alt`` m (MSL), velocities NED m/s (``vn, ve, vd``; the only NED in
 the project, converted from ENU here), accuracies m and m/s, ``yaw`` centidegrees clockwise from north with 0 meaning
 "unknown" (north is sent as 36000). ``time_week/time_week_ms`` are GPS time from the UTC stamp (GPS = UTC + 18 leap
-seconds since 2017). Unknown altitude or velocity set the matching ``ignore_flags`` bits. ``fix_type`` is 3 (3D) for
-a fix and 0 otherwise.
+seconds since 2017). An unknown altitude (the MSL altitude needs the ground height and the geoid separation, see
+:class:`mobilegeo_ros.io.FlightStackFix`) or velocity sets the matching ``ignore_flags`` bits. ``fix_type`` is 3 (3D)
+for a fix, even with the altitude ignored (ArduPilot's EKF uses no fix below 3D), and 0 otherwise.
 """
 
 from __future__ import annotations

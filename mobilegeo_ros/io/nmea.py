@@ -2,8 +2,9 @@
 
 Field choices: quality 1 (GPS fix) when valid else 0; the satellite count and ``HDOP = sigma_h / uere_m`` are
 synthetic (a camera fix has neither); GST carries the real 1-sigma latitude/longitude errors (metres) that modern
-drivers use as horizontal accuracy; an unknown altitude leaves the altitude fields empty. Latitude/longitude use 7
-decimal minutes (~0.2 mm). Times are UTC from the image stamp.
+drivers use as horizontal accuracy. GGA's altitude is above mean sea level and its geoid separation the geoid's height
+above the WGS84 ellipsoid (:class:`mobilegeo_ros.io.FlightStackFix`); each field is empty when unknown, never a made-up
+0. Latitude/longitude use 7 decimal minutes (~0.2 mm). Times are UTC from the image stamp.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ def gga(fix: FlightStackFix, talker: str = "GP", uere_m: float = 5.0) -> str:
         return _sentence(f"{talker}GGA,{_hms(t)},,,,,0,00,,,M,,M,,")
     la, ns, lo, ew = _latlon(fix.lat, fix.lon)
     hdop = min(max(fix.sigma_h_m / uere_m, 0.1), 99.9)
-    alt = _num(fix.alt_m, ".2f")
+    alt = _num(fix.alt_m, ".2f")  # above mean sea level
+    sep = _num(fix.geoid_separation_m, ".2f")  # geoid above the WGS84 ellipsoid
     return _sentence(f"{talker}GGA,{_hms(t)},{la},{ns},{lo},{ew},1,{fix.satellites:02d},{hdop:.1f},{alt},M,"
-                     f"{'0.0' if alt else ''},M,,")
+                     f"{sep},M,,")
 
 
 def rmc(fix: FlightStackFix, talker: str = "GP") -> str:

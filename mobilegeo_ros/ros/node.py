@@ -19,8 +19,10 @@ Topics (relative, so namespaces and remaps apply):
        ``<image>`` is the resolved (remapped) ``image`` topic; ``camera_info`` (optional, field of view) is the sibling
        of the image topic (``/cam/image_raw`` -> ``/cam/camera_info``) unless remapped itself; ``imu``
        (sensor_msgs/Imu: heading and, with ``node.use_imu_tilt``, tilt; REP-103 orientation of body FLU in ENU, see
-       :mod:`.pipeline`), ``altitude`` (std_msgs/Float64, metres above ground), ``gnss_prior`` (sensor_msgs/NavSatFix
-       bounding the search).
+       :mod:`.pipeline`), ``altitude`` (std_msgs/Float64, metres above ground, unstamped), ``altitude_range``
+       (sensor_msgs/Range from a downward rangefinder: height above ground, stamped), ``gnss_prior``
+       (sensor_msgs/NavSatFix bounding the search). Priors are matched to each image's header stamp
+       (:class:`.pipeline.PriorState`, ``node.prior_timeout_s``).
   QoS: every input is overridable the ROS 2 way, ``qos_overrides./<resolved topic>.subscription.reliability|depth|
        history``. Without an override, priors and camera_info are subscribed best effort (compatible with every
        publisher), and the camera subscription follows its publishers (reliable when all offer reliable: large raw
@@ -28,9 +30,11 @@ Topics (relative, so namespaces and remaps apply):
        When publishers exist but no image arrives, or a publisher's QoS is incompatible, a throttled warning names
        the topic and the fix.
   out: ``~/fix`` (sensor_msgs/NavSatFix in ``node.base_frame``, image stamp, STATUS_NO_FIX when not confident,
-       covariance DIAGONAL_KNOWN in ENU m², Kalman-filtered when ``node.filter_enabled``), ``~/fix_raw`` (the same
+       covariance DIAGONAL_KNOWN in ENU m², Kalman-filtered when ``node.filter_enabled``; altitude above the
+       WGS84 ellipsoid from ``node.dem_file`` / ``node.ground_alt_m``, else NaN), ``~/fix_raw`` (the same
        per frame before the Kalman smoothing), ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped in
-       ``node.map_frame``: local ENU anchored at the index origin), ``~/velocity``
+       ``node.map_frame``: local ENU anchored at the ground at the index origin; z:
+       :class:`mobilegeo_ros.tracker.TrackResult` ``u``), ``~/velocity``
        (geometry_msgs/TwistWithCovarianceStamped, ENU m/s from the Kalman filter), ``~/odometry`` (nav_msgs/Odometry,
        ``map_frame`` -> ``base_frame``, REP-105: pose in the map frame, twist in the body frame), ``/diagnostics``
        (diagnostic_msgs/DiagnosticArray every ``node.diagnostics_period_s``). Output QoS is overridable as well.
@@ -63,11 +67,12 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, NavSatStatus
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, NavSatStatus, Range
 from std_msgs.msg import Float64
 
 from mobilegeo_ros import config as config_mod
 from mobilegeo_ros.estimator.status import FixStatus
+from mobilegeo_ros.geo.raster import GeoError
 from mobilegeo_ros.ros.pipeline import (
     STALE, UNKNOWN_VARIANCE, Frame, LatestMailbox, LocalizationPipeline, Output, PriorState, Stats, diagnostic_level,
     heading_to_quaternion,
@@ -239,7 +244,8 @@ class LocalizeNode(Node):
         self._prev_snapshot: dict | None = None
         self._hfov_deg: float | None = None
         self._camera: _CameraInput | None = None
-        self._inputs_received: dict[str, int] = {"camera_info": 0, "imu": 0, "altitude": 0, "gnss_prior": 0}
+        self._inputs_received: dict[str, int] = {"camera_info": 0, "imu": 0, "altitude": 0,
+                                                  "altitude_range": 0, "gnss_prior": 0}
 
     # -----------------------------------------------------------------------------------------------------------
     # Parameters
@@ -356,7 +362,10 @@ class LocalizeNode(Node):
         except (ValueError, RuntimeError, OSError) as e:
             raise StartupError(f"cannot load the index {self.index_dir!r} or model "
                                f"{self.cfg.model.weights or '(shipped default)'!r}: {e}") from None
-        self.pipeline = LocalizationPipeline(loc, self.cfg, self.stats)
+        try:
+            self.pipeline = LocalizationPipeline(loc, self.cfg, self.stats)
+        except GeoError as e:  # node.dem_file missing, unreadable or not georeferenced
+            raise StartupError(f"node.dem_file: {e}") from None
         self._make_bridges()
         self._make_interfaces()
         self.worker = threading.Thread(target=self._work, name="localize_worker", daemon=True)
@@ -388,6 +397,7 @@ class LocalizeNode(Node):
         self._subscribe(CameraInfo, self._camera.info_topic, self._on_camera_info, prior_qos)
         self._subscribe(Imu, "imu", self._on_imu, prior_qos)
         self._subscribe(Float64, "altitude", self._on_altitude, prior_qos)
+        self._subscribe(Range, "altitude_range", self._on_altitude_range, prior_qos)
         self._subscribe(NavSatFix, "gnss_prior", self._on_gnss_prior, prior_qos)
         overridable = QoSOverridingOptions.with_default_policies()
         self.pub_fix = self.create_publisher(NavSatFix, "~/fix", 10, qos_overriding_options=overridable)
@@ -501,27 +511,45 @@ class LocalizeNode(Node):
         self.stats.note_error("prior_errors", f"{what}: {e}")
         self.get_logger().warning(f"{what} prior ignored: {e}", throttle_duration_sec=WARN_THROTTLE_S)
 
+    def _prior_stamp_s(self, stamp=None) -> float:
+        """A prior's time for matching it to image stamps: its header stamp, or for a zero stamp (a driver that does
+        not stamp) or no header (std_msgs/Float64) the node clock now (ROS time: the bag's clock under use_sim_time)."""
+        if stamp is not None and (stamp.sec != 0 or stamp.nanosec != 0):
+            return _stamp_s(stamp)
+        return self.get_clock().now().nanoseconds * 1e-9
+
     def _on_imu(self, msg: Imu) -> None:
         self._count_input("imu")
         q = msg.orientation
         try:
-            self.priors.set_imu(q.x, q.y, q.z, q.w)
+            if msg.orientation_covariance[0] == -1.0:
+                raise ValueError("no orientation in this message (orientation_covariance[0] = -1, REP-145)")
+            self.priors.set_imu(q.x, q.y, q.z, q.w, self._prior_stamp_s(msg.header.stamp))
         except ValueError as e:
             self._prior_error("imu", e)
 
     def _on_altitude(self, msg: Float64) -> None:
         self._count_input("altitude")
         try:
-            self.priors.set_altitude(float(msg.data))
+            self.priors.set_altitude(float(msg.data), self._prior_stamp_s())
         except ValueError as e:
             self._prior_error("altitude", e)
+
+    def _on_altitude_range(self, msg: Range) -> None:
+        self._count_input("altitude_range")
+        try:
+            self.priors.set_range(float(msg.range), float(msg.min_range), float(msg.max_range),
+                                  self._prior_stamp_s(msg.header.stamp))
+        except ValueError as e:
+            self._prior_error("altitude_range", e)
 
     def _on_gnss_prior(self, msg: NavSatFix) -> None:
         self._count_input("gnss_prior")
         cov = None
         if msg.position_covariance_type != NavSatFix.COVARIANCE_TYPE_UNKNOWN:
             cov = (float(msg.position_covariance[0]), float(msg.position_covariance[4]))
-        self.priors.set_gnss(float(msg.latitude), float(msg.longitude), int(msg.status.status), cov)
+        self.priors.set_gnss(float(msg.latitude), float(msg.longitude), int(msg.status.status), cov,
+                             self._prior_stamp_s(msg.header.stamp))
 
     # -----------------------------------------------------------------------------------------------------------
     # Worker thread
@@ -531,7 +559,7 @@ class LocalizeNode(Node):
             frame = self.mailbox.get(timeout=0.2)
             if frame is None:
                 continue
-            out = self.pipeline.process(frame, self.priors.priors())
+            out = self.pipeline.process(frame, self.priors.priors(frame.stamp_s))  # priors at the image stamp
             if out is None:  # rejected (undecodable) or failed: counted in the stats, shown in the log
                 self.get_logger().warning(f"frame stamped {frame.stamp_s:.3f} not localized: "
                                           f"{self.stats.snapshot()['last_error']}",
@@ -583,11 +611,13 @@ class LocalizeNode(Node):
         lat, lon, cov_en = (out.raw_lat, out.raw_lon, out.raw_cov_en) if raw else (out.lat, out.lon, out.cov_en)
         msg.status.status = NavSatStatus.STATUS_FIX
         msg.latitude, msg.longitude = float(lat), float(lon)
+        # altitude above the WGS84 ellipsoid (ground height from node.dem_file / node.ground_alt_m + height above
+        # ground); NaN with a huge variance when either is unknown, as the message definition asks
         known_alt = math.isfinite(out.alt_m)
         msg.altitude = float(out.alt_m) if known_alt else math.nan
         cov = [0.0] * 9
         cov[0], cov[4] = float(cov_en[0, 0]), float(cov_en[1, 1])
-        cov[8] = _altitude_variance(out)
+        cov[8] = _altitude_variance(out) if known_alt else UNKNOWN_VARIANCE
         msg.position_covariance = cov
         msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
         return msg

@@ -5,8 +5,8 @@ publishes what comes back, so the logic here is testable without ROS:
 
 * :class:`LatestMailbox`: 1-slot hand-over from the executor thread to the inference worker; a frame that was not
   picked up in time is replaced (and counted as dropped), so nothing queues without bound.
-* :class:`PriorState`: the latest IMU attitude, altitude and GNSS prior, each ignored once older than
-  ``node.prior_timeout_s``.
+* :class:`PriorState`: the IMU attitude, altitude and GNSS prior of an image, matched to its header stamp (short
+  buffers of stamped samples; interpolated, or the nearest sample within ``node.prior_timeout_s``).
 * :class:`LocalizationPipeline`: decode -> :class:`mobilegeo_ros.tracker.Tracker` (the core: tracking, keyframes,
   status, pose, filter; the same code ``mobilegeo localize``, the demo and replay run) -> :class:`Output`.
 * :class:`Stats` and :func:`diagnostic_level`: counters and the OK/WARN/ERROR/STALE decision of ``/diagnostics``.
@@ -21,6 +21,7 @@ left, i.e. camera ``pitch_deg = -pitch`` and ``roll_deg = -roll`` in the geo.ren
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -121,15 +122,106 @@ def heading_to_quaternion(heading_deg: float) -> tuple[float, float, float, floa
     return 0.0, 0.0, math.sin(yaw / 2.0), math.cos(yaw / 2.0)
 
 
+#: Samples of a prior older than its newest one by more than ``node.prior_timeout_s`` + this are dropped (seconds of
+#: header stamps): an image is matched to priors at most ``node.prior_timeout_s`` from its stamp, and images reach the
+#: worker a little after the priors stamped with them.
+PRIOR_HISTORY_S = 5.0
+#: At most this many samples are kept per prior (a 400 Hz IMU fills 5 s with 2000).
+PRIOR_MAX_SAMPLES = 4096
+
+
+class StampedSeries:
+    """Time-ordered samples ``(stamp_s, value)`` of one prior (header stamps, seconds); not locked (PriorState is).
+
+    Bounded by age and count: samples older than the newest by more than ``horizon_s``, and the oldest beyond
+    ``max_samples``, are dropped. A sample older than the newest by more than ``horizon_s`` (a bag played again, a
+    reset clock) starts the series afresh, so a new flight never reads the old one's samples.
+    """
+
+    def __init__(self, horizon_s: float, max_samples: int = PRIOR_MAX_SAMPLES):
+        self.horizon_s, self.max_samples = float(horizon_s), int(max_samples)
+        self._stamps: list[float] = []
+        self._values: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+    def clear(self) -> None:
+        self._stamps.clear()
+        self._values.clear()
+
+    def add(self, stamp_s: float, value: Any) -> None:
+        if not math.isfinite(stamp_s):
+            raise ValueError(f"header stamp {stamp_s} is not finite")
+        if self._stamps and stamp_s < self._stamps[-1] - self.horizon_s:
+            self.clear()
+        i = bisect.bisect_right(self._stamps, stamp_s)
+        self._stamps.insert(i, stamp_s)
+        self._values.insert(i, value)
+        cut = max(bisect.bisect_left(self._stamps, self._stamps[-1] - self.horizon_s),
+                  len(self._stamps) - self.max_samples)
+        if cut > 0:
+            del self._stamps[:cut], self._values[:cut]
+
+    def around(self, at_s: float, tolerance_s: float) -> list[tuple[float, Any]]:
+        """The samples that give the prior at ``at_s``: the two around it, ``[(t0, v0), (t1, v1)]`` with
+        ``t0 < at_s < t1``, when both are within ``tolerance_s`` of it; else the one sample stamped ``at_s`` or the
+        nearer of the two that is within ``tolerance_s``; else ``[]``."""
+        if not math.isfinite(at_s):
+            return []
+        i = bisect.bisect_left(self._stamps, at_s)
+        if i < len(self._stamps) and self._stamps[i] == at_s:
+            return [(at_s, self._values[i])]
+        near = [(self._stamps[k], self._values[k]) for k in (i - 1, i)
+                if 0 <= k < len(self._stamps) and abs(self._stamps[k] - at_s) <= tolerance_s]
+        if len(near) == 2:
+            return near
+        return near[:1]
+
+
+def _fraction(samples: list[tuple[float, Any]], at_s: float) -> float:
+    """Where ``at_s`` lies between two samples' stamps: 0 at the first, 1 at the second."""
+    (t0, _), (t1, _) = samples
+    return (at_s - t0) / (t1 - t0)
+
+
+def slerp(q0: tuple[float, ...], q1: tuple[float, ...], fraction: float) -> tuple[float, float, float, float]:
+    """Spherical linear interpolation of unit quaternions ``(x, y, z, w)`` along the shorter arc: the rotation a
+    ``fraction`` (0..1) of the way from ``q0`` to ``q1`` at a constant angular rate (headings 350° and 10° meet at
+    0°, not 180°)."""
+    a, b = np.asarray(q0, float), np.asarray(q1, float)
+    dot = float(a @ b)
+    if dot < 0.0:  # q and -q are the same rotation: take the shorter way round
+        b, dot = -b, -dot
+    if dot > 0.9995:  # nearly the same rotation: linear, then normalised
+        q = a + fraction * (b - a)
+    else:
+        theta = math.acos(dot)
+        q = (math.sin((1.0 - fraction) * theta) * a + math.sin(fraction * theta) * b) / math.sin(theta)
+    q = q / np.linalg.norm(q)
+    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
+
+
 class PriorState:
-    """Latest priors with their receipt times (monotonic seconds); thread-safe."""
+    """The priors of one image, matched to its header stamp; thread-safe.
+
+    Every prior is a short :class:`StampedSeries` of stamped samples (header stamps in seconds; the node stamps
+    messages with a zero stamp, and the unstamped ``std_msgs/Float64`` altitude, with its clock at receipt, which is the
+    bag's clock under ``use_sim_time``). :meth:`priors` answers for an image stamp: the IMU orientation is slerped and
+    the altitude interpolated linearly between the two samples around the stamp when both are within
+    ``node.prior_timeout_s`` of it, else the nearest sample within that tolerance is used, else the prior is unknown.
+    A stamped rangefinder altitude (``sensor_msgs/Range``) wins over the ``Float64`` one when both match. The GNSS
+    prior (a search area, not a measurement) is the nearest sample within the tolerance, not interpolated.
+    """
 
     def __init__(self, cfg: Config):
         self.node = cfg.node
+        horizon = self.node.prior_timeout_s + PRIOR_HISTORY_S
         self._lock = threading.Lock()
-        self._attitude: tuple[float, tuple[float, float, float]] | None = None
-        self._altitude: tuple[float, float] | None = None
-        self._gnss: tuple[float, float, float, float] | None = None  # t, lat, lon, radius
+        self._imu = StampedSeries(horizon)  # unit quaternions (x, y, z, w): body FLU in ENU
+        self._range = StampedSeries(horizon)  # height above ground from a downward rangefinder, m
+        self._altitude = StampedSeries(horizon)  # height above ground from std_msgs/Float64, m
+        self._gnss = StampedSeries(horizon)  # (lat, lon, radius m)
         self._hfov_deg: float | None = None
 
     def set_hfov(self, hfov_deg: float) -> None:
@@ -137,49 +229,68 @@ class PriorState:
         with self._lock:
             self._hfov_deg = float(hfov_deg)
 
-    def set_imu(self, x: float, y: float, z: float, w: float, now: float | None = None) -> None:
-        """An IMU orientation; ValueError (nothing stored) for NaN or zero quaternions."""
-        att = quaternion_to_attitude(x, y, z, w)
+    def set_imu(self, x: float, y: float, z: float, w: float, stamp_s: float) -> None:
+        """An IMU orientation (REP-103, body FLU in ENU) at ``stamp_s``; ValueError (nothing stored) for a NaN or zero
+        quaternion or a non-finite stamp."""
+        quaternion_to_attitude(x, y, z, w)  # validates
+        q = np.array([x, y, z, w], float)
+        q /= np.linalg.norm(q)
         with self._lock:
-            self._attitude = (time.monotonic() if now is None else now, att)
+            self._imu.add(float(stamp_s), tuple(float(c) for c in q))
 
-    def set_altitude(self, altitude_m: float, now: float | None = None) -> None:
-        """Height above the ground (m); ValueError for NaN or negative values."""
+    def set_altitude(self, altitude_m: float, stamp_s: float) -> None:
+        """Height above the ground (m) at ``stamp_s``; ValueError for NaN or non-positive values."""
         if not math.isfinite(altitude_m) or altitude_m <= 0:
             raise ValueError(f"altitude: {altitude_m} m is not a positive height above ground")
         with self._lock:
-            self._altitude = (time.monotonic() if now is None else now, float(altitude_m))
+            self._altitude.add(float(stamp_s), float(altitude_m))
+
+    def set_range(self, range_m: float, min_range_m: float, max_range_m: float, stamp_s: float) -> None:
+        """A downward rangefinder's distance to the ground (``sensor_msgs/Range``, m; taken as the height above
+        ground) at ``stamp_s``; ValueError for a non-finite (REP-117: +-Inf = nothing within range) or non-positive
+        range, or one outside the sensor's ``[min_range_m, max_range_m]`` when the message gives that interval
+        (``0 <= min < max``)."""
+        if not math.isfinite(range_m) or range_m <= 0:
+            raise ValueError(f"range: {range_m} m is not a positive distance to the ground")
+        interval = math.isfinite(min_range_m) and math.isfinite(max_range_m) and 0 <= min_range_m < max_range_m
+        if interval and not min_range_m <= range_m <= max_range_m:
+            raise ValueError(f"range: {range_m} m is outside the sensor's [{min_range_m}, {max_range_m}] m")
+        with self._lock:
+            self._range.add(float(stamp_s), float(range_m))
 
     def set_gnss(self, lat: float, lon: float, status: int, cov_diag: tuple[float, float] | None,
-                 now: float | None = None) -> None:
+                 stamp_s: float) -> None:
         """A GNSS fix bounding the search: radius = ``gnss_prior_radius_m`` + 3-sigma when a covariance is known.
         ``status`` < 0 (NO_FIX) or a non-finite position clears the prior."""
-        t = time.monotonic() if now is None else now
         with self._lock:
             if status < 0 or not (math.isfinite(lat) and math.isfinite(lon)):
-                self._gnss = None
+                self._gnss.clear()
                 return
             radius = self.node.gnss_prior_radius_m
             if cov_diag is not None and all(math.isfinite(c) and c > 0 for c in cov_diag):
                 radius += 3.0 * math.sqrt(max(cov_diag))
-            self._gnss = (t, float(lat), float(lon), radius)
+            self._gnss.add(float(stamp_s), (float(lat), float(lon), radius))
 
-    def priors(self, now: float | None = None) -> Priors:
-        """The :class:`mobilegeo_ros.localizer.Priors` valid at ``now`` (monotonic seconds)."""
-        now = time.monotonic() if now is None else now
-        fresh = self.node.prior_timeout_s
+    def priors(self, at_stamp_s: float) -> Priors:
+        """The :class:`mobilegeo_ros.localizer.Priors` of an image stamped ``at_stamp_s`` (header stamp, seconds)."""
+        tol = self.node.prior_timeout_s
         p = Priors()
         with self._lock:
             p.hfov_deg = self._hfov_deg
-            if self._attitude and now - self._attitude[0] <= fresh:
-                heading, pitch, roll = self._attitude[1]
-                p.yaw_deg = (heading + self.node.camera_yaw_offset_deg) % 360.0
-                if self.node.use_imu_tilt:
-                    p.pitch_deg, p.roll_deg = -pitch, -roll
-            if self._altitude and now - self._altitude[0] <= fresh:
-                p.altitude_m = self._altitude[1]
-            if self._gnss and now - self._gnss[0] <= fresh:
-                _, p.lat, p.lon, p.radius_m = self._gnss
+            imu = self._imu.around(at_stamp_s, tol)
+            altitude = self._range.around(at_stamp_s, tol) or self._altitude.around(at_stamp_s, tol)
+            gnss = self._gnss.around(at_stamp_s, tol)
+        if imu:
+            q = imu[0][1] if len(imu) == 1 else slerp(imu[0][1], imu[1][1], _fraction(imu, at_stamp_s))
+            heading, pitch, roll = quaternion_to_attitude(*q)
+            p.yaw_deg = (heading + self.node.camera_yaw_offset_deg) % 360.0
+            if self.node.use_imu_tilt:
+                p.pitch_deg, p.roll_deg = -pitch, -roll
+        if altitude:
+            a0 = altitude[0][1]
+            p.altitude_m = a0 if len(altitude) == 1 else a0 + _fraction(altitude, at_stamp_s) * (altitude[1][1] - a0)
+        if gnss:
+            _, (p.lat, p.lon, p.radius_m) = min(gnss, key=lambda s: abs(s[0] - at_stamp_s))
         return p
 
 
@@ -338,5 +449,6 @@ class LocalizationPipeline:
 
 __all__ = [
     "ERROR", "OK", "STALE", "UNKNOWN_VARIANCE", "WARN", "Frame", "LatestMailbox", "LocalizationPipeline", "Output",
-    "PriorState", "Stats", "diagnostic_level", "heading_to_quaternion", "quaternion_to_attitude",
+    "PriorState", "StampedSeries", "Stats", "diagnostic_level", "heading_to_quaternion", "quaternion_to_attitude",
+    "slerp",
 ]
