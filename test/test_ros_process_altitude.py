@@ -286,8 +286,7 @@ def test_unusable_dem_file_stops_the_start_up(setup, tmp_path):
     bad = tmp_path / "dem_without_crs.tif"
     with rasterio.open(bad, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32") as dst:
         dst.write(np.zeros((8, 8), "float32"), 1)
-    cmd = node_command() + ["--ros-args", "-p", f"index_dir:={setup.index_dir}", "-p", "model.input_px:=128",
-                            "-p", "map.tile_px:=128", "-p", "map.tile_sizes_m:=[60.0]", "-p", "index.rotations:=4",
+    cmd = node_command() + ["--ros-args", "-p", f"index_dir:={setup.index_dir}",
                             "-p", f"node.dem_file:={bad}"]
     r = subprocess.run(cmd, env=node_env(), capture_output=True, text=True, timeout=STARTUP_S)
     assert r.returncode == 2, r.stderr
