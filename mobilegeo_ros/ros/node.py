@@ -500,9 +500,10 @@ class _ShutdownSignals:
     A terminal's Ctrl-C reaches every process of its group: ``ros2 launch`` and the node get SIGINT together, and
     launch then forwards another SIGINT (SIGTERM after its timeout) to the node. So the FIRST signal requests the
     shutdown, during start-up by raising :class:`_ShutdownRequested` (start-up can take seconds) and while spinning
-    by setting :attr:`requested` (the spin loop wakes every ``SPIN_POLL_S``), and every later signal is ignored:
-    nothing can interrupt the cleanup (``destroy_node``) with a KeyboardInterrupt. The handlers stay installed until
-    the process exits (a signal after a restore would raise during interpreter shutdown).
+    by setting :attr:`requested` (the spin loop wakes every ``SPIN_POLL_S``), and every later signal is ignored
+    (SIG_IGN): nothing can interrupt the cleanup (``destroy_node``) with a KeyboardInterrupt, nor kill the process
+    while the interpreter exits (Python resets its own handlers to the default action, which kills with -2, during
+    finalization; it leaves SIG_IGN alone).
     """
 
     def __init__(self) -> None:
@@ -515,6 +516,7 @@ class _ShutdownSignals:
         if self.requested:
             return
         self.requested = signal.Signals(signum).name
+        self.ignore()
         if self._raise:
             self._raise = False
             raise _ShutdownRequested(self.requested)
@@ -522,6 +524,12 @@ class _ShutdownSignals:
     def start_up_done(self) -> None:
         """From now on a signal only sets :attr:`requested` (the spin loop or the cleanup is running)."""
         self._raise = False
+
+    @staticmethod
+    def ignore() -> None:
+        """Ignore SIGINT and SIGTERM from now on (the shutdown is under way or the exit status is decided)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -559,6 +567,7 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        signals.ignore()  # the exit status is decided: a late signal must not kill the exiting interpreter
 
 
 if __name__ == "__main__":
