@@ -38,11 +38,10 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped, TwistWithCovarianceStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, NavSatStatus
 from std_msgs.msg import Float64
 
@@ -535,9 +534,12 @@ class _ShutdownSignals:
 def main(args: list[str] | None = None) -> int:
     """Console script ``localize_node``. Exit codes: 0 clean shutdown (SIGINT/SIGTERM, repeated or not, at any
     point), 2 start-up refused (one line ``start-up refused: ...`` on stderr)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
     signals = _ShutdownSignals()
     node: LocalizeNode | None = None
-    executor: SingleThreadedExecutor | None = None
+    executor = None
     try:
         rclpy.init(args=sys.argv if args is None else args, signal_handler_options=SignalHandlerOptions.NO)
         try:
