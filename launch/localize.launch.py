@@ -8,13 +8,20 @@ config_file defaults to the installed share/mobilegeo_ros/config/localize.yaml; 
 as the CLI and the other arguments override it. Empty model/backend/image_transport keep the config file's values.
 image_topic remaps the node's ``image`` input; the node derives ``<image_topic>/compressed`` (compressed transport)
 and the sibling ``camera_info`` from it, as image_transport camera subscribers do.
+
+When the node exits with a non-zero code (2: start-up refused, e.g. a missing index) the launch shuts down and exits
+non-zero with one line naming the reason (the node's ``start-up refused: ...`` line, else its last stderr line):
+``[ERROR] [launch]: Caught exception in launch (see debug for traceback): localize_node-1 exited with code 2:
+start-up refused: ...``. (LaunchService turns an exception raised by an event handler into its return code 1; a
+Shutdown action alone would exit 0.) A clean exit (0, e.g. on Ctrl-C) ends the launch with 0.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit, OnProcessIO
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -28,6 +35,35 @@ ARGS = {
     "image_transport": ("", "raw | compressed (node.image_transport); empty = keep the config's"),
     "use_sim_time": ("false", "use /clock (rosbag replay)"),
 }
+#: What the node writes before it exits with code 2 (mobilegeo_ros.ros.node.main).
+REFUSED = "start-up refused:"
+
+
+class NodeExitError(RuntimeError):
+    """The node exited with a non-zero code; the message is the one line ros2 launch prints."""
+
+
+class _ExitReason:
+    """Follows the node's stderr: its ``start-up refused: ...`` line, else its last non-empty line."""
+
+    def __init__(self) -> None:
+        self.refused = self.last = ""
+        self._partial = ""
+
+    def on_stderr(self, event) -> None:
+        text = self._partial + event.text.decode("utf-8", errors="replace")
+        *lines, self._partial = text.split("\n")
+        for line in (ln.strip() for ln in lines):
+            if REFUSED in line:
+                self.refused = line[line.index(REFUSED):]
+            if line:
+                self.last = line
+
+    def on_exit(self, event, context) -> None:
+        if event.returncode == 0:
+            return
+        reason = self.refused or self.last or self._partial.strip() or "no output on stderr"
+        raise NodeExitError(f"{event.process_name} exited with code {event.returncode}: {reason}")
 
 
 def _node(context, *args, **kwargs):
@@ -45,11 +81,15 @@ def _node(context, *args, **kwargs):
     if value["image_transport"]:
         params["node.image_transport"] = value["image_transport"]
     image = value["image_topic"]
-    return [Node(
+    node = Node(
         package="mobilegeo_ros", executable="localize_node", name="localize_node", namespace=value["namespace"],
         output="screen", emulate_tty=False, parameters=[params],
         remappings=[("image", image)],
-    )]
+    )
+    reason = _ExitReason()
+    return [node,
+            RegisterEventHandler(OnProcessIO(target_action=node, on_stderr=reason.on_stderr)),
+            RegisterEventHandler(OnProcessExit(target_action=node, on_exit=reason.on_exit))]
 
 
 def generate_launch_description():

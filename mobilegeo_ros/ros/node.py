@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+import signal
 import sys
 import threading
 import time
@@ -83,6 +84,8 @@ NODE_NAME = "localize_node"
 #: the true heading to about a degree on the dgsamples views, docs/tracker.md).
 HEADING_SIGMA_REGISTERED_DEG = 3.0
 _INT_MAX = 2**63 - 1
+#: The spin loop of :func:`main` wakes at least this often to see a shutdown request (seconds).
+SPIN_POLL_S = 0.1
 _LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
                 3: DiagnosticStatus.STALE}
 #: Settings that ``ros2 param set`` may change while the node runs (``runtime=True`` in mobilegeo_ros.config); the
@@ -357,6 +360,7 @@ class LocalizeNode(Node):
                                "(--ros-args -p index_dir:=/path/to/index)")
         if not Path(self.index_dir).is_dir():
             raise StartupError(f"index directory {self.index_dir!r} does not exist")
+        self.get_logger().info(f"starting: loading the index {self.index_dir} and the model, then a warm-up")
         try:
             loc = Localizer.from_files(self.index_dir, self.cfg)
         except (ValueError, RuntimeError, OSError) as e:
@@ -366,6 +370,14 @@ class LocalizeNode(Node):
             self.pipeline = LocalizationPipeline(loc, self.cfg, self.stats)
         except GeoError as e:  # node.dem_file missing, unreadable or not georeferenced
             raise StartupError(f"node.dem_file: {e}") from None
+        # the first frame would otherwise pay the one-time costs (seconds on a real map): run the real path now
+        try:
+            warm = self.pipeline.warm_up()
+        except Exception as e:  # noqa: BLE001 - whatever breaks here would break every frame: refuse, one line
+            raise StartupError(f"warm-up on the index {self.index_dir!r} failed: {type(e).__name__}: {e}") from None
+        self.get_logger().info(
+            f"warm-up: {warm.seconds:.2f} s (model, faiss search, map features of {warm.map_levels} pyramid "
+            f"levels, a view cut from the map: {warm.status.value})")
         self._make_bridges()
         self._make_interfaces()
         self.worker = threading.Thread(target=self._work, name="localize_worker", daemon=True)
@@ -741,6 +753,10 @@ class LocalizeNode(Node):
             "index_dir": self.index_dir,
             "backend": self.cfg.model.backend,
             "window_size_max": str(self.cfg.node.window_size),
+            "warmup_s": f(self.pipeline.warm.seconds, ".2f") if self.pipeline.warm else "nan",
+            "warmup_status": self.pipeline.warm.status.value if self.pipeline.warm else "",
+            "first_frame_latency_ms": f(snap["latency_first_ms"]),
+            "map_loads_after_ready": str(self.pipeline.map_loads_since_warm_up()),
         }
         st = DiagnosticStatus(level=_LEVEL_BYTES[level], name=f"{self.get_name()}: localization",
                               message=message, hardware_id="camera",
@@ -765,29 +781,87 @@ class LocalizeNode(Node):
         self.bridges = []
 
 
+class _ShutdownRequested(BaseException):
+    """Raised in the main thread by the first SIGINT/SIGTERM during start-up (model, index, warm-up)."""
+
+
+class _ShutdownSignals:
+    """SIGINT/SIGTERM of the node process (rclpy's own handlers are not installed).
+
+    A terminal's Ctrl-C reaches every process of its group: ``ros2 launch`` and the node get SIGINT together, and
+    launch then forwards another SIGINT (SIGTERM after its timeout) to the node. So the FIRST signal requests the
+    shutdown, during start-up by raising :class:`_ShutdownRequested` (start-up can take seconds) and while spinning
+    by setting :attr:`requested` (the spin loop wakes every ``SPIN_POLL_S``), and every later signal is ignored
+    (SIG_IGN): nothing can interrupt the cleanup (``destroy_node``) with a KeyboardInterrupt, nor kill the process
+    while the interpreter exits (Python resets its own handlers to the default action, which kills with -2, during
+    finalization; it leaves SIG_IGN alone).
+    """
+
+    def __init__(self) -> None:
+        self.requested: str = ""  # the name of the signal that asked for the shutdown
+        self._raise = True
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.requested:
+            return
+        self.requested = signal.Signals(signum).name
+        self.ignore()
+        if self._raise:
+            self._raise = False
+            raise _ShutdownRequested(self.requested)
+
+    def start_up_done(self) -> None:
+        """From now on a signal only sets :attr:`requested` (the spin loop or the cleanup is running)."""
+        self._raise = False
+
+    @staticmethod
+    def ignore() -> None:
+        """Ignore SIGINT and SIGTERM from now on (the shutdown is under way or the exit status is decided)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console script ``localize_node``. Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 2 start-up refused."""
-    rclpy.init(args=sys.argv if args is None else args)
+    """Console script ``localize_node``. Exit codes: 0 clean shutdown (SIGINT/SIGTERM, repeated or not, at any
+    point), 2 start-up refused (one line ``start-up refused: ...`` on stderr)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    signals = _ShutdownSignals()
     node: LocalizeNode | None = None
+    executor = None
     try:
+        rclpy.init(args=sys.argv if args is None else args, signal_handler_options=SignalHandlerOptions.NO)
         try:
             node = LocalizeNode()
             node.start()
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"start-up refused: {e}")
             return 2
-        try:
-            rclpy.spin(node)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+        signals.start_up_done()
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+        while not signals.requested:
+            executor.spin_once(timeout_sec=SPIN_POLL_S)
+        node.get_logger().info(f"{signals.requested}: shutting down")
         return 0
-    except KeyboardInterrupt:  # Ctrl-C while loading the model
+    except _ShutdownRequested as e:
+        rclpy.logging.get_logger(NODE_NAME).info(f"{e}: shutting down during start-up")
+        return 0
+    except ExternalShutdownException:  # the context was shut down from elsewhere
         return 0
     finally:
+        signals.start_up_done()  # a first signal arriving during the cleanup must not raise either
         if node is not None:
             node.close()
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        signals.ignore()  # the exit status is decided: a late signal must not kill the exiting interpreter
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import numpy as np
 from mobilegeo_ros.config import Config
 from mobilegeo_ros.io.images import ImageDecodeError, decode_compressed, decode_image
 from mobilegeo_ros.localizer import Priors
-from mobilegeo_ros.tracker import TrackResult, Tracker
+from mobilegeo_ros.tracker import TrackResult, Tracker, WarmUp
 
 #: Variance (m²) published for an unknown coordinate (altitude without a prior, yaw without a heading).
 UNKNOWN_VARIANCE = 1.0e6
@@ -318,6 +318,7 @@ class Stats:
     last_status: str = ""
     last_reason: str = ""
     window: int = 0
+    first_latency_s: float = math.nan  # the first processed frame's latency (after the warm-up)
     by_status: dict = field(default_factory=dict)  # published results per FixStatus value
     latencies_s: deque = field(default_factory=lambda: deque(maxlen=100))
     receipts_s: deque = field(default_factory=lambda: deque(maxlen=200))
@@ -356,6 +357,7 @@ class Stats:
                 "latency_last_ms": 1e3 * lat[-1] if len(lat) else math.nan,
                 "latency_mean_ms": 1e3 * lat.mean() if len(lat) else math.nan,
                 "latency_p99_ms": 1e3 * float(np.percentile(lat, 99)) if len(lat) else math.nan,
+                "latency_first_ms": 1e3 * self.first_latency_s,
             }
 
 
@@ -401,6 +403,19 @@ class LocalizationPipeline:
         if cfg.node.opencv_threads > 0:
             cv2.setNumThreads(cfg.node.opencv_threads)
         self.tracker = Tracker(localizer, cfg, background=cfg.node.keyframes_in_background)
+        self.warm: WarmUp | None = None
+
+    def warm_up(self) -> WarmUp:
+        """The core's warm-up (:meth:`mobilegeo_ros.tracker.Tracker.warm_up`: model, faiss search, map features,
+        a view cut from the map through the whole path, then a fresh tracker) before the first frame. Exceptions
+        propagate (the node refuses to start)."""
+        self.warm = self.tracker.warm_up()
+        return self.warm
+
+    def map_loads_since_warm_up(self) -> int:
+        """Map loads (:meth:`mobilegeo_ros.localizer.Localizer.map_loads`: the orthophoto, map-feature levels, map
+        blocks) since :meth:`warm_up`; 0 while no frame paid a start-up cost. -1 before the warm-up."""
+        return -1 if self.warm is None else self.loc.map_loads() - self.warm.map_loads
 
     def decode(self, frame: Frame) -> np.ndarray:
         """The frame's RGB image; raises ImageDecodeError."""
@@ -432,6 +447,8 @@ class LocalizationPipeline:
             return None
         out.latency_s = time.perf_counter() - t0
         with self.stats.lock:
+            if self.stats.processed == 0:
+                self.stats.first_latency_s = out.latency_s
             self.stats.processed += 1
             self.stats.window = len(self.tracker.window)
             self.stats.latencies_s.append(out.latency_s)
