@@ -106,7 +106,7 @@ def test_colcon_build_then_ros2_run_from_the_install(tmp_path):
               "python -c 'import mobilegeo_ros; print(\"MODULE=\" + mobilegeo_ros.__file__)' && "
               "exec ros2 run mobilegeo_ros localize_node --ros-args "
               f"-p index_dir:={setup.index_dir} -p config_file:={share / 'config' / 'localize.yaml'} "
-              "-p node.qos_reliable:=true")
+              "-p qos_overrides./image.subscription.reliability:=reliable")
     proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=_default_signals)
     lines: list[str] = []
