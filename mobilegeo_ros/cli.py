@@ -13,8 +13,10 @@ Verbs:
   export --format onnx|tensorrt --out FILE [--model CKPT]    deployable model + identity sidecar
   bench [--batches 1,32] [--json FILE]                       backend benchmark: FLOPs, params, images/s, p50/p99
 
-Expected user mistakes (missing or non-georeferenced files, bad config, mismatched model/index, unreadable images)
-print one line ``mobilegeo: error: ...`` and exit with status 2; nothing half-written is left behind.
+Expected user mistakes (missing or non-georeferenced files, bad config, mismatched model/index) print one line
+``mobilegeo: error: ...`` and exit with status 2; nothing half-written is left behind. ``localize`` reports a photo's
+bad input (unreadable file, malformed metadata or CSV cell) the same way, goes on with the other photos and writes
+its outputs, then exits with status 2.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -183,7 +186,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
             if fix.status == ERROR:
                 bar.write(f"mobilegeo: error: {fix.reason}", file=sys.stderr)
             if args.json:
-                bar.write(json.dumps({"image": str(fix.path), **fix.properties()}), file=sys.stdout)
+                bar.write(json.dumps(_json_line(fix)), file=sys.stdout)
             elif fix.is_fix:
                 bar.write(f"{fix.path}: {fix.status} lat {fix.lat:.7f} lon {fix.lon:.7f} ±{fix.sigma_m:.1f} m (1σ) "
                           f"heading {fix.heading_deg or 0.0:.0f}°" + (f"; priors: {_prior_text(fix.job)}"
@@ -209,6 +212,12 @@ def cmd_localize(args: argparse.Namespace) -> int:
     # (stdout carries JSON lines with --json: the summary goes to stderr then)
     print(summary, file=sys.stderr if args.json else sys.stdout, flush=True)
     return EXIT_USAGE if failed_copies or any(f.status == ERROR for f in fixes) else 0
+
+
+def _json_line(fix) -> dict:
+    """``--json``: the tracker's result fields (as before geotagging existed) and the photo's properties."""
+    props = fix.properties()
+    return {"image": props.pop("file"), **(fix.track.as_dict() if fix.track is not None else {}), **props}
 
 
 def _unlocalized(jobs):
@@ -451,20 +460,21 @@ def _add_render_verb(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_localize_verb(sub: argparse._SubParsersAction) -> None:
+    paragraphs = [
+        "Localize each photo against the index and print one line per photo (or one JSON object with --json), then "
+        "a summary line (fixes, no-fix reasons counted). Settings are those the index was built with unless --config "
+        "is given.",
+        "Priors per photo, first found wins: a row of --priors FILE.csv; the photo's own metadata (DJI XMP "
+        "drone-dji:RelativeAltitude, Gimbal{Yaw,Pitch,Roll}Degree, CalibratedFocalLength; Pix4D XMP "
+        "Camera:Yaw/Pitch/Roll; EXIF FocalLengthIn35mmFilm or FocalLength + FocalPlaneXResolution); the prior options "
+        "below. Each prior's source (csv, xmp:drone-dji, xmp:camera, exif, cli) is reported. Conventions and "
+        "outputs: docs/geotagging.md.",
+        "A photo with bad input (unreadable, malformed metadata field or CSV cell) gets one error line naming the "
+        "file and the field and is skipped; the others are localized and written; the exit status is then 2.",
+    ]
     p = sub.add_parser("localize", help="localize or geotag photos against an index (GeoJSON/CSV/EXIF outputs)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Localize each photo against the index and print one line per photo (or one JSON "
-                                   "object with --json), then a summary line (fixes, no-fix reasons counted). "
-                                   "Settings are those the index was built with unless --config is given.\n\n"
-                                   "Priors per photo, first found wins: a row of --priors FILE.csv; the photo's own "
-                                   "metadata (DJI XMP drone-dji:RelativeAltitude, Gimbal{Yaw,Pitch,Roll}Degree, "
-                                   "CalibratedFocalLength; Pix4D XMP Camera:Yaw/Pitch/Roll; EXIF "
-                                   "FocalLengthIn35mmFilm or FocalLength + FocalPlaneXResolution); the options "
-                                   "below. Each prior's source (csv, xmp:drone-dji, xmp:camera, exif, cli) is "
-                                   "reported. Conventions: docs/geotagging.md.\n\n"
-                                   "A photo with bad input (unreadable, malformed metadata field or CSV cell) gets "
-                                   "one error line naming the file and the field and is skipped; the others go on; "
-                                   "the exit status is then 2.")
+                       description="\n\n".join(textwrap.fill(t, 100, break_on_hyphens=False) for t in paragraphs))
     p.add_argument("images", nargs="*", metavar="IMAGE", help="photos (JPEG/PNG/TIFF) or folders of photos")
     p.add_argument("--index", required=True, metavar="INDEX_DIR")
     p.add_argument("--json", action="store_true", help="one JSON object per photo on stdout (the summary goes to "

@@ -26,12 +26,16 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mobilegeo_ros.io.photo_metadata import (
     MetadataError, PhotoMetadata, PriorValue, metadata_priors, read_photo_metadata,
 )
 from mobilegeo_ros.io.priors_csv import PRIOR_COLUMNS, PriorsRow, PriorsTable
 from mobilegeo_ros.localizer import Localizer, Priors
+
+if TYPE_CHECKING:
+    from mobilegeo_ros.tracker import TrackResult
 
 #: File name suffixes taken from a folder given on the command line (case-insensitive).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -147,6 +151,7 @@ class PhotoFix:
     width_px: int = 0
     height_px: int = 0
     footprint_lonlat: list[tuple[float, float]] | None = None
+    track: TrackResult | None = field(default=None, repr=False)  # the tracker's full result, when localized
 
     @property
     def is_fix(self) -> bool:
@@ -229,7 +234,7 @@ def localize_photos(localizer: Localizer, jobs: Sequence[PhotoJob], sequence_hz:
             res = tracker.process(image, i / sequence_hz if sequence_hz else 0.0, job.priors)
             h, w = image.shape[:2]
             fix = PhotoFix(job.path, res.status.value, res.reason, job, width_px=w, height_px=h, score=res.score,
-                           inliers=res.inliers)
+                           inliers=res.inliers, track=res)
             if res.status.is_fix:
                 fix.lat, fix.lon, fix.sigma_m = res.lat, res.lon, res.sigma_m
                 fix.easting, fix.northing = res.easting, res.northing
@@ -244,12 +249,14 @@ def localize_photos(localizer: Localizer, jobs: Sequence[PhotoJob], sequence_hz:
 
 
 def reason_kind(reason: str) -> str:
-    """A no-fix reason with its numbers masked (``"best score # < min_score #"``), to count reasons of one kind."""
-    return re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "#", reason.split(";")[0]).strip()[:80]
+    """The kind of a no-fix reason: its head (before a parenthesis or a semicolon), numbers masked, e.g.
+    ``"no candidate verified"``, ``"best score # < min_score #"``, to count the reasons of one kind."""
+    head = re.split(r"\s*[(;]", reason, maxsplit=1)[0]
+    return re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "#", head).strip()[:80] or "unknown"
 
 
 def summary_line(fixes: Sequence[PhotoFix]) -> str:
-    """``"12 photos: 10 fixes (9 verified, 1 retrieval), 1 no fix (1 best score # < min_score #), 1 error"``."""
+    """``"12 photos: 9 fixes (8 verified, 1 retrieval), 2 no fix (2 × no candidate verified), 1 input error"``."""
     statuses = Counter(f.status for f in fixes)
     n_fix = sum(1 for f in fixes if f.is_fix)
     kinds = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()) if s not in (ERROR, "no_fix"))
@@ -258,7 +265,7 @@ def summary_line(fixes: Sequence[PhotoFix]) -> str:
     no_fix = [f for f in fixes if f.status == "no_fix"]
     if no_fix:
         reasons = Counter(reason_kind(f.reason) for f in no_fix).most_common()
-        text += f", {len(no_fix)} no fix (" + ", ".join(f"{n} {r}" for r, n in reasons) + ")"
+        text += f", {len(no_fix)} no fix (" + ", ".join(f"{n} × {r}" for r, n in reasons) + ")"
     if statuses[ERROR]:
         text += f", {statuses[ERROR]} input error{'s' if statuses[ERROR] != 1 else ''}"
     return text

@@ -141,3 +141,19 @@ def test_localize_help_documents_the_geotagging_options():
     assert r.returncode == 0
     for option in ("--priors", "--out", "--write-exif", "--ignore-metadata", "xmp:drone-dji"):
         assert option in r.stdout, option
+
+
+def test_summary_counts_fixes_and_no_fix_reasons():
+    from mobilegeo_ros.geotag import PhotoFix, PhotoJob, summary_line
+    from mobilegeo_ros.localizer import Priors
+
+    def fix(status, reason="", lat=float("nan")):
+        return PhotoFix(Path("x.jpg"), status, reason, PhotoJob(Path("x.jpg"), Priors()), lat=lat, lon=lat)
+
+    fixes = [fix("verified", lat=1.0), fix("verified", lat=2.0), fix("retrieval", lat=3.0),
+             fix("no_fix", "no candidate verified (0 matches < min_inliers 15; 2 matches < min_inliers 15)"),
+             fix("no_fix", "no candidate verified (7 matches < min_inliers 15)"),
+             fix("no_fix", "best score 0.210 < min_score 0.300"), fix("error", "x.jpg: XMP: not well-formed XML")]
+    assert summary_line(fixes) == ("7 photos: 3 fixes (1 retrieval, 2 verified), 3 no fix (2 × no candidate verified, "
+                                   "1 × best score # < min_score #), 1 input error")
+    assert summary_line(fixes[:1]) == "1 photo: 1 fix (1 verified)"
