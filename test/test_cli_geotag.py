@@ -157,3 +157,21 @@ def test_summary_counts_fixes_and_no_fix_reasons():
     assert summary_line(fixes) == ("7 photos: 3 fixes (1 retrieval, 2 verified), 3 no fix (2 × no candidate verified, "
                                    "1 × best score # < min_score #), 1 input error")
     assert summary_line(fixes[:1]) == "1 photo: 1 fix (1 verified)"
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--lat", "10"], "--lat, --lon and --radius-m go together"),
+    (["--out", "fixes.kml"], "--out 'fixes.kml': unknown format"),
+    (["--priors", "priors.csv"], "line 1: unknown column 'altitude' (known: file, yaw_deg"),
+    (["--write-exif", "."], "is not an empty folder"),
+])
+def test_whole_run_mistakes_stop_before_any_work(tmp_path, monkeypatch, capsys, extra, fragment):
+    from mobilegeo_ros import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jpg").write_bytes(jpeg_with_metadata(np.zeros((8, 8, 3), np.uint8)))
+    (tmp_path / "priors.csv").write_text("file,altitude\na.jpg,50\n")
+    assert cli.main(["localize", "--index", str(tmp_path / "no_index"), "a.jpg", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mobilegeo: error:") and fragment in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "priors.csv"]  # nothing written

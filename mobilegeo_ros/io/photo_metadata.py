@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,8 @@ def read_photo_metadata(path: str | Path) -> PhotoMetadata:
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore")  # (Pillow warns about odd EXIF; what matters is reported per field)
             meta = PhotoMetadata(path, int(im.size[0]), int(im.size[1]))
             _read_exif(im, meta)
             xmp = im.info.get("xmp") if "xmp" in im.info else im.info.get("XML:com.adobe.xmp")
