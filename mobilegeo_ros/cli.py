@@ -180,7 +180,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     fixes, failed_copies = [], 0
     bar = tqdm(total=len(jobs), unit="photo", file=sys.stderr, disable=True if args.quiet else None)
     try:
-        for fix in localize_photos(localizer, jobs, args.sequence_hz) if localizer else _unlocalized(jobs):
+        for fix in localize_photos(localizer, jobs, args.sequence_hz):
             fixes.append(fix)
             bar.update()
             if fix.status == ERROR:
@@ -188,9 +188,10 @@ def cmd_localize(args: argparse.Namespace) -> int:
             if args.json:
                 bar.write(json.dumps(_json_line(fix)), file=sys.stdout)
             elif fix.is_fix:
-                bar.write(f"{fix.path}: {fix.status} lat {fix.lat:.7f} lon {fix.lon:.7f} ±{fix.sigma_m:.1f} m (1σ) "
-                          f"heading {fix.heading_deg or 0.0:.0f}°" + (f"; priors: {_prior_text(fix.job)}"
-                                                                      if fix.job.sources else ""), file=sys.stdout)
+                heading = f" heading {fix.heading_deg:.0f}°" if fix.heading_deg is not None else ""
+                priors = f"; priors: {_prior_text(fix.job)}" if fix.job.sources else ""
+                bar.write(f"{fix.path}: {fix.status} lat {fix.lat:.7f} lon {fix.lon:.7f} ±{fix.sigma_m:.1f} m (1σ)"
+                          f"{heading}{priors}", file=sys.stdout)
             elif fix.status != ERROR:
                 bar.write(f"{fix.path}: no_fix ({fix.reason})", file=sys.stdout)
             if exif_dir is not None and fix.is_fix:
@@ -218,14 +219,6 @@ def _json_line(fix) -> dict:
     """``--json``: the tracker's result fields (as before geotagging existed) and the photo's properties."""
     props = fix.properties()
     return {"image": props.pop("file"), **(fix.track.as_dict() if fix.track is not None else {}), **props}
-
-
-def _unlocalized(jobs):
-    """The error outcome of jobs that all have input errors (no localizer needed)."""
-    from mobilegeo_ros.geotag import ERROR, PhotoFix
-
-    for job in jobs:
-        yield PhotoFix(job.path, ERROR, "; ".join(job.errors), job)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -209,16 +209,17 @@ def ground_footprint(localizer: Localizer, fix: PhotoFix, hfov_deg: float | None
     return out
 
 
-def localize_photos(localizer: Localizer, jobs: Sequence[PhotoJob], sequence_hz: float | None = None
+def localize_photos(localizer: Localizer | None, jobs: Sequence[PhotoJob], sequence_hz: float | None = None
                     ) -> Iterator[PhotoFix]:
     """Localize each job's photo through :meth:`mobilegeo_ros.tracker.Tracker.process` (the node's path, keyframes
     inline), one :class:`PhotoFix` per job in order. Independent photos (``sequence_hz`` None) reset the tracker
     before each; frames of one sequence are stamped ``index / sequence_hz`` seconds and tracked. A job with input
-    errors, or whose pixels cannot be decoded, yields status ``error`` and the others go on."""
+    errors, or whose pixels cannot be decoded, yields status ``error`` and the others go on. ``localizer`` may be
+    None when every job has input errors (nothing to localize, no model to load)."""
     from mobilegeo_ros.io.images import ImageDecodeError, read_image_file
     from mobilegeo_ros.tracker import Tracker
 
-    tracker = Tracker(localizer, localizer.cfg)
+    tracker = None
     try:
         for i, job in enumerate(jobs):
             if job.errors:
@@ -229,6 +230,10 @@ def localize_photos(localizer: Localizer, jobs: Sequence[PhotoJob], sequence_hz:
             except ImageDecodeError as e:
                 yield PhotoFix(job.path, ERROR, str(e), job)
                 continue
+            if tracker is None:
+                if localizer is None:
+                    raise ValueError("localize_photos: a photo to localize and no localizer")
+                tracker = Tracker(localizer, localizer.cfg)
             if sequence_hz is None:
                 tracker.reset()  # independent photos: each is localized on its own
             res = tracker.process(image, i / sequence_hz if sequence_hz else 0.0, job.priors)
@@ -245,7 +250,8 @@ def localize_photos(localizer: Localizer, jobs: Sequence[PhotoJob], sequence_hz:
                 fix.footprint_lonlat = ground_footprint(localizer, fix, job.priors.finite("hfov_deg"))
             yield fix
     finally:
-        tracker.close()
+        if tracker is not None:
+            tracker.close()
 
 
 def reason_kind(reason: str) -> str:
