@@ -72,8 +72,18 @@ def test_dji_gimbal_angles_become_the_project_camera_attitude(tmp_path):
         p = metadata_priors(meta)
         pose = CameraPose(0, 0, 1, p["yaw_deg"].value, p["pitch_deg"].value, p["roll_deg"].value)
         assert camera_rotation(pose) == pytest.approx(rot, abs=1e-8)
-        if roll == 0:
-            assert (p["yaw_deg"].value, p["pitch_deg"].value) == pytest.approx((yaw % 360, pitch + 90))
+    # Roll is about the optical axis (aerospace: right side down, clockwise seen from behind the camera): straight
+    # down, it turns the image clockwise seen from above, so the image top heads yaw + roll.
+    for yaw, roll in ((30.0, 10.0), (-170.0, -25.0)):
+        xmp = dji_xmp({"GimbalYawDegree": f"{yaw:+.2f}", "GimbalPitchDegree": "-90.00",
+                       "GimbalRollDegree": f"{roll:+.2f}"})
+        p = metadata_priors(read_photo_metadata(photo(tmp_path, xmp=xmp)))
+        assert (p["yaw_deg"].value, p["pitch_deg"].value, p["roll_deg"].value) == pytest.approx(
+            ((yaw + roll) % 360, 0.0, 0.0), abs=1e-9)
+    # no roll: yaw as is, pitch + 90
+    xmp = dji_xmp({"GimbalYawDegree": "-45.5", "GimbalPitchDegree": "-70.25", "GimbalRollDegree": "+0.0"})
+    p = metadata_priors(read_photo_metadata(photo(tmp_path, xmp=xmp)))
+    assert (p["yaw_deg"].value, p["pitch_deg"].value, p["roll_deg"].value) == (314.5, 19.75, 0.0)
 
 
 @pytest.mark.parametrize("as_elements", [False, True])
