@@ -188,7 +188,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
             if args.json:
                 bar.write(json.dumps(_json_line(fix)), file=sys.stdout)
             elif fix.is_fix:
-                heading = f" heading {fix.heading_deg:.0f}°" if fix.heading_deg is not None else ""
+                heading = f" heading {round(fix.heading_deg) % 360}°" if fix.heading_deg is not None else ""
                 priors = f"; priors: {_prior_text(fix.job)}" if fix.job.sources else ""
                 bar.write(f"{fix.path}: {fix.status} lat {fix.lat:.7f} lon {fix.lon:.7f} ±{fix.sigma_m:.1f} m (1σ)"
                           f"{heading}{priors}", file=sys.stdout)
