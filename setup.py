@@ -40,6 +40,7 @@ setup(
         "opencv-python-headless>=4.9",
         "faiss-cpu>=1.8",
         "matplotlib>=3.8",
+        "Pillow>=10",
         "safetensors>=0.4",
         "torch>=2.4",
         "torchvision>=0.19",

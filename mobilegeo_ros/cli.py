@@ -3,7 +3,7 @@
 Verbs:
   build-index MAP.tif --out INDEX_DIR [--config YAML]       tile pyramid + embeddings → faiss index directory
   render MAP.tif --out DIR --n N --seed S [...]              synthetic drone views + poses.csv
-  localize --index INDEX_DIR IMAGE... [--json]               one fix per image
+  localize --index INDEX_DIR IMAGE... [--out F.geojson]     one fix per photo; priors from EXIF/XMP/CSV; GIS outputs
   demo [--out DIR]                                           the README demo on real imagery (dgsamples)
   make-bag MAP.tif --out BAG [--storage sqlite3|mcap] [...]  rosbag2 of a synthetic flight (camera, imu, truth)
   replay BAG --index INDEX_DIR --report DIR [--rate X]       play a bag into localize_node, report the errors
@@ -13,8 +13,10 @@ Verbs:
   export --format onnx|tensorrt --out FILE [--model CKPT]    deployable model + identity sidecar
   bench [--batches 1,32] [--json FILE]                       backend benchmark: FLOPs, params, images/s, p50/p99
 
-Expected user mistakes (missing or non-georeferenced files, bad config, mismatched model/index, unreadable images)
-print one line ``mobilegeo: error: ...`` and exit with status 2; nothing half-written is left behind.
+Expected user mistakes (missing or non-georeferenced files, bad config, mismatched model/index) print one line
+``mobilegeo: error: ...`` and exit with status 2; nothing half-written is left behind. ``localize`` reports a photo's
+bad input (unreadable file, malformed metadata or CSV cell) the same way, goes on with the other photos and writes
+its outputs, then exits with status 2.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -103,67 +106,119 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: Path):
-    """An image file → H×W×3 uint8 RGB, or CliError naming the file."""
-    from mobilegeo_ros.io.images import ImageDecodeError, read_image_file
-
-    try:
-        return read_image_file(path)
-    except ImageDecodeError as e:
-        raise CliError(str(e)) from None
-
-
-#: Physically possible ranges of the localize priors: (low, high, closed?); a value outside is a typing mistake,
-#: refused before any work instead of being silently ignored.
-PRIOR_LIMITS = {"yaw_deg": (-360.0, 360.0, True), "pitch_deg": (-90.0, 90.0, False),
-                "roll_deg": (-90.0, 90.0, False), "altitude_m": (0.0, 100000.0, False),
-                "hfov_deg": (0.0, 180.0, False)}
-
-
 def _check_priors(args: argparse.Namespace) -> None:
     """CliError naming the option when a given prior is not finite or not physically possible."""
-    for name, (lo, hi, closed) in PRIOR_LIMITS.items():
+    from mobilegeo_ros.localizer import PRIOR_LIMITS, prior_range_error
+
+    for name in PRIOR_LIMITS:
         value = getattr(args, name, None)
-        if value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if not math.isfinite(value):
-            raise CliError(f"{flag} {value}: not a finite number")
-        if not (lo <= value <= hi if closed else lo < value < hi):
-            interval = f"[{lo:g}, {hi:g}]" if closed else f"({lo:g}, {hi:g})"
-            raise CliError(f"{flag} {value:g}: outside the possible range {interval}")
+        why = "" if value is None else prior_range_error(name, value)
+        if why:
+            flag = "--" + name.replace("_", "-")
+            raise CliError(f"{flag} {value if not math.isfinite(value) else format(value, 'g')}: {why}")
+
+
+def _prior_text(job) -> str:
+    """``"yaw_deg 111.3 (xmp:drone-dji), altitude_m 61.1 (csv)"``: the priors used and where each came from."""
+    return ", ".join(f"{name} {round(getattr(job.priors, name), 6):g} ({source})"
+                     for name, source in job.sources.items())
+
+
+def _exif_copies_dir(args: argparse.Namespace, photos: list[Path]) -> Path | None:
+    """The ``--write-exif`` folder, checked before any work: absent or empty, and no two photos of one name."""
+    if not args.write_exif:
+        return None
+    out = Path(args.write_exif)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CliError(f"--write-exif {str(out)!r} is not an empty folder (the geotagged copies never overwrite "
+                       "files)")
+    names: dict[str, Path] = {}
+    for p in photos:
+        if p.name in names and names[p.name] != p:
+            raise CliError(f"--write-exif: two photos are named {p.name!r} ({names[p.name]} and {p}); their copies "
+                           "would collide")
+        names[p.name] = p
+    return out
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
-    from mobilegeo_ros.localizer import Localizer, Priors
-    from mobilegeo_ros.tracker import Tracker
+    from tqdm import tqdm
 
-    if not args.images:
-        raise CliError("no images given")
+    from mobilegeo_ros.geotag import ERROR, list_photos, localize_photos, prepare_photos, summary_line
+    from mobilegeo_ros.io.gis_outputs import OutputError, output_format, write_geotagged_copy, write_outputs
+    from mobilegeo_ros.io.priors_csv import PriorsCsvError, read_priors_csv
+    from mobilegeo_ros.localizer import Localizer, Priors
+
+    photos = list_photos(args.images)
+    if not photos:
+        raise CliError("no images given" + (" (the folders given hold no .jpg/.jpeg/.png/.tif files)"
+                                            if args.images else ""))
     if args.sequence_hz is not None and not (math.isfinite(args.sequence_hz) and args.sequence_hz > 0):
         raise CliError(f"--sequence-hz {args.sequence_hz}: must be a positive rate")
     _check_priors(args)
-    images = [_read_image(Path(p)) for p in args.images]  # validate every file before any work
+    position = [args.lat, args.lon, args.radius_m]
+    if any(v is not None for v in position) and any(v is None for v in position):
+        raise CliError("--lat, --lon and --radius-m go together")
+    try:
+        for out in args.out:
+            output_format(out)
+        table = read_priors_csv(args.priors) if args.priors else None
+    except (OutputError, PriorsCsvError) as e:
+        raise CliError(str(e)) from None
+    exif_dir = _exif_copies_dir(args, photos)
+    defaults = Priors(**{name: getattr(args, name) for name in ("yaw_deg", "pitch_deg", "roll_deg", "altitude_m",
+                                                                "hfov_deg", "lat", "lon", "radius_m")})
+    jobs = prepare_photos(photos, table, defaults, use_metadata=not args.ignore_metadata)
+    for problem in table.problems if table is not None else []:
+        print(f"mobilegeo: warning: {problem}", file=sys.stderr)
     # Settings come from the index (how it was built) unless a config file overrides them.
     cfg = _config(args.config) if args.config else None
     if _backend_given(args):
         cfg = _apply_backend(cfg or _index_build_config(Path(args.index)), args)
-    localizer = Localizer.from_files(Path(args.index), cfg)
-    tracker = Tracker(localizer, localizer.cfg)  # the node's path, keyframes inline
-    priors = Priors(yaw_deg=args.yaw_deg, pitch_deg=args.pitch_deg, roll_deg=args.roll_deg,
-                    altitude_m=args.altitude_m, hfov_deg=args.hfov_deg)
-    for i, (path, image) in enumerate(zip(args.images, images)):
-        if args.sequence_hz is None:
-            tracker.reset()  # independent photos: each is localized on its own
-        res = tracker.process(image, i / args.sequence_hz if args.sequence_hz else 0.0, priors)
-        if args.json:
-            print(json.dumps({"image": path, **res.as_dict()}), flush=True)
-        elif res.status.is_fix:
-            print(f"{path}: {res.status.value} lat {res.lat:.7f} lon {res.lon:.7f} ±{res.sigma_m:.1f} m (1σ) "
-                  f"heading {res.heading_deg:.0f}°", flush=True)
-        else:
-            print(f"{path}: no_fix ({res.reason})", flush=True)
-    return 0
+    # (nothing to localize when every photo has an input error: the model is not loaded)
+    localizer = Localizer.from_files(Path(args.index), cfg) if any(not j.errors for j in jobs) else None
+    fixes, failed_copies = [], 0
+    bar = tqdm(total=len(jobs), unit="photo", file=sys.stderr, disable=True if args.quiet else None)
+    try:
+        for fix in localize_photos(localizer, jobs, args.sequence_hz):
+            fixes.append(fix)
+            bar.update()
+            if fix.status == ERROR:
+                bar.write(f"mobilegeo: error: {fix.reason}", file=sys.stderr)
+            if args.json:
+                bar.write(json.dumps(_json_line(fix)), file=sys.stdout)
+            elif fix.is_fix:
+                heading = f" heading {round(fix.heading_deg) % 360}°" if fix.heading_deg is not None else ""
+                priors = f"; priors: {_prior_text(fix.job)}" if fix.job.sources else ""
+                bar.write(f"{fix.path}: {fix.status} lat {fix.lat:.7f} lon {fix.lon:.7f} ±{fix.sigma_m:.1f} m (1σ)"
+                          f"{heading}{priors}", file=sys.stdout)
+            elif fix.status != ERROR:
+                bar.write(f"{fix.path}: no_fix ({fix.reason})", file=sys.stdout)
+            if exif_dir is not None and fix.is_fix:
+                try:
+                    write_geotagged_copy(fix.path, exif_dir / fix.path.name, fix.lat, fix.lon, fix.sigma_m,
+                                         fix.heading_deg)
+                except OutputError as e:
+                    failed_copies += 1
+                    bar.write(f"mobilegeo: error: {e}", file=sys.stderr)
+    finally:
+        bar.close()
+        written = write_outputs(args.out, fixes) if args.out else []
+    summary = summary_line(fixes)
+    if exif_dir is not None:
+        copies = sum(f.is_fix for f in fixes) - failed_copies
+        summary += f"; {copies} geotagged cop{'y' if copies == 1 else 'ies'} in {exif_dir}"
+    if written:
+        summary += "; written: " + ", ".join(map(str, written))
+    # (stdout carries JSON lines with --json: the summary goes to stderr then)
+    print(summary, file=sys.stderr if args.json else sys.stdout, flush=True)
+    return EXIT_USAGE if failed_copies or any(f.status == ERROR for f in fixes) else 0
+
+
+def _json_line(fix) -> dict:
+    """``--json``: the tracker's result fields (as before geotagging existed) and the photo's properties."""
+    props = fix.properties()
+    return {"image": props.pop("file"), **(fix.track.as_dict() if fix.track is not None else {}), **props}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -398,21 +453,49 @@ def _add_render_verb(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_localize_verb(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("localize", help="localize camera images against an index",
-                       description="Localize each image against the index; prints one line (or one JSON object "
-                                   "with --json: image, lat, lon, sigma_m, score, status, heading_deg, ...) per "
-                                   "image. Settings are those the index was built with unless --config is given.")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="camera images (JPEG/PNG)")
+    paragraphs = [
+        "Localize each photo against the index and print one line per photo (or one JSON object with --json), then "
+        "a summary line (fixes, no-fix reasons counted). Settings are those the index was built with unless --config "
+        "is given.",
+        "Priors per photo, first found wins: a row of --priors FILE.csv; the photo's own metadata (DJI XMP "
+        "drone-dji:RelativeAltitude, Gimbal{Yaw,Pitch,Roll}Degree, CalibratedFocalLength; Pix4D XMP "
+        "Camera:Yaw/Pitch/Roll; EXIF FocalLengthIn35mmFilm or FocalLength + FocalPlaneXResolution); the prior options "
+        "below. Each prior's source (csv, xmp:drone-dji, xmp:camera, exif, cli) is reported. Conventions and "
+        "outputs: docs/geotagging.md.",
+        "A photo with bad input (unreadable, malformed metadata field or CSV cell) gets one error line naming the "
+        "file and the field and is skipped; the others are localized and written; the exit status is then 2.",
+    ]
+    p = sub.add_parser("localize", help="localize or geotag photos against an index (GeoJSON/CSV/EXIF outputs)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="\n\n".join(textwrap.fill(t, 100, break_on_hyphens=False) for t in paragraphs))
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="photos (JPEG/PNG/TIFF) or folders of photos")
     p.add_argument("--index", required=True, metavar="INDEX_DIR")
-    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--json", action="store_true", help="one JSON object per photo on stdout (the summary goes to "
+                                                       "stderr)")
+    p.add_argument("--priors", metavar="FILE.csv",
+                   help="per-photo priors: columns file (path relative to the CSV, or file name) and any of yaw_deg, "
+                        "pitch_deg, roll_deg, altitude_m, hfov_deg, lat, lon, radius_m; empty cells fall back to "
+                        "the photo's metadata, then the options; wins over both")
+    p.add_argument("--out", action="append", default=[], metavar="FILE",
+                   help="write the results: FILE.geojson (RFC 7946 points with sigma, status, heading, prior "
+                        "sources, plus ground footprint polygons) or FILE.csv (every photo, footprint as WKT); "
+                        "repeatable")
+    p.add_argument("--write-exif", metavar="DIR",
+                   help="write a copy of each located JPEG into DIR (absent or empty) with the fix in its EXIF GPS "
+                        "tags (originals are never modified; the image data is copied byte for byte)")
+    p.add_argument("--ignore-metadata", action="store_true", help="do not read priors from the photos' EXIF/XMP")
     p.add_argument("--yaw-deg", type=float, help="heading prior: compass direction of the image top edge")
-    p.add_argument("--pitch-deg", type=float, help="camera pitch prior (0 = nadir)")
-    p.add_argument("--roll-deg", type=float, help="camera roll prior")
+    p.add_argument("--pitch-deg", type=float, help="camera pitch prior (0 = nadir, > 0 tilted towards the image "
+                                                   "top)")
+    p.add_argument("--roll-deg", type=float, help="camera roll prior (> 0 tilted towards the image right)")
     p.add_argument("--altitude-m", type=float, help="altitude above ground prior (with --hfov-deg picks the tile "
                                                     "scale; with attitude corrects the tilt offset)")
     p.add_argument("--hfov-deg", type=float, help="camera horizontal field of view (with it the camera pose is "
                                                   "solved: the fix is the drone's nadir point, altitude and attitude "
                                                   "are reported)")
+    p.add_argument("--lat", type=float, help="prior position latitude (with --lon and --radius-m)")
+    p.add_argument("--lon", type=float, help="prior position longitude")
+    p.add_argument("--radius-m", type=float, help="how far from --lat/--lon the camera can be, metres")
     p.add_argument("--sequence-hz", type=float, metavar="RATE",
                    help="the images are consecutive frames of one flight at RATE Hz: tracked frame to frame "
                         "between keyframes, as the node does (default: independent photos)")

@@ -89,6 +89,24 @@ class Priors:
 _PRIOR_RANGES = {"hfov_deg": (0.0, 180.0), "altitude_m": (0.0, math.inf), "radius_m": (-1e-300, math.inf),
                  "lat": (-90.000001, 90.000001)}
 
+#: Physically possible values of the priors a user or a photo gives: (low, high, closed interval?). A value outside
+#: is a typing or metadata mistake, refused (:func:`prior_range_error`) instead of being silently ignored.
+PRIOR_LIMITS = {"yaw_deg": (-360.0, 360.0, True), "pitch_deg": (-90.0, 90.0, False),
+                "roll_deg": (-90.0, 90.0, False), "altitude_m": (0.0, 100000.0, False),
+                "hfov_deg": (0.0, 180.0, False), "lat": (-90.0, 90.0, True), "lon": (-180.0, 180.0, True),
+                "radius_m": (0.0, 1.0e7, False)}
+
+
+def prior_range_error(name: str, value: float) -> str:
+    """Why ``value`` is not a possible value of the prior ``name`` (a :class:`Priors` field), or "" when it is:
+    "not a finite number" or "outside the possible range (0, 180)" (interval of :data:`PRIOR_LIMITS`)."""
+    if not math.isfinite(value):
+        return "not a finite number"
+    lo, hi, closed = PRIOR_LIMITS[name]
+    if lo <= value <= hi if closed else lo < value < hi:
+        return ""
+    return f"outside the possible range {f'[{lo:g}, {hi:g}]' if closed else f'({lo:g}, {hi:g})'}"
+
 
 @dataclass
 class Fix:

@@ -17,6 +17,8 @@ from mobilegeo_ros.geo.render import (
     POSES_CSV_COLUMNS,
     CameraModel,
     CameraPose,
+    attitude_from_rotation,
+    camera_rotation,
     footprint,
     ground_to_image_homography,
     image_to_ground,
@@ -93,6 +95,15 @@ def test_pitch_and_roll_directions():
     # The optical axis of a forward-pitched camera with yaw 90 hits the ground east of the camera.
     e, n = image_to_ground(CameraPose(E0, N0, 100.0, 90.0, pitch_deg=30.0), CAM, 320, 240)
     assert (float(e) - E0, float(n) - N0) == pytest.approx((100 * math.tan(math.radians(30)), 0), abs=1e-6)
+
+
+def test_attitude_from_rotation_inverts_camera_rotation():
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        yaw, pitch, roll = rng.uniform(0, 360), rng.uniform(-89, 89), rng.uniform(-89, 89)
+        pose = CameraPose(E0, N0, 100.0, yaw, pitch, roll)
+        assert attitude_from_rotation(camera_rotation(pose)) == pytest.approx((yaw, pitch, roll), abs=1e-9)
+    assert attitude_from_rotation(camera_rotation(CameraPose(E0, N0, 1.0, -30.0)))[0] == pytest.approx(330.0)
 
 
 def test_homography_matches_projection_and_inverse():

@@ -279,13 +279,18 @@ def test_frame_to_frame_homography_of_a_known_shift(world):
 
 
 def test_node_cli_and_demo_run_the_same_tracker_path():
-    """The node (pipeline), `mobilegeo localize` and the demo all localize through Tracker.process: none calls the
-    localizer's per-view entry points itself (a second path would drift from what the node publishes)."""
+    """The node (pipeline), `mobilegeo localize` (geotag.py) and the demo all localize through Tracker.process: none
+    calls the localizer's per-view entry points itself (a second path would drift from what the node publishes)."""
     import ast
     from pathlib import Path
 
     pkg = Path(__file__).resolve().parents[1] / "mobilegeo_ros"
-    for rel in ("ros/pipeline.py", "cli.py", "demo.py"):
+    # (`mobilegeo localize` runs geotag.localize_photos; the CLI itself calls no localizer entry point)
+    cli = ast.parse((pkg / "cli.py").read_text())
+    cli_calls = {n.func.id if isinstance(n.func, ast.Name) else n.func.attr for n in ast.walk(cli)
+                 if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))}
+    assert "localize_photos" in cli_calls and not cli_calls & {"localize", "localize_embeddings", "register_near"}
+    for rel in ("ros/pipeline.py", "geotag.py", "demo.py"):
         tree = ast.parse((pkg / rel).read_text())
         calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
         names = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}

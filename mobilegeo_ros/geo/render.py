@@ -94,6 +94,23 @@ def camera_rotation(pose: CameraPose) -> np.ndarray:
     return r_nadir @ r_x @ r_y
 
 
+def attitude_from_rotation(rotation: np.ndarray) -> tuple[float, float, float]:
+    """The inverse of :func:`camera_rotation`: a 3×3 camera-to-world (ENU) rotation -> ``(yaw_deg, pitch_deg,
+    roll_deg)`` in this module's convention (yaw in [0, 360), pitch and roll in (-90, 90) for a camera whose image
+    down axis is not vertical, i.e. looking below the horizon at less than 90° from nadir).
+
+    ``R = R_nadir(yaw) @ R_x(pitch) @ R_y(roll)`` has ``R_nadir(yaw).T @ R = [[cos r, 0, sin r], [sin p sin r,
+    cos p, -sin p cos r], [-cos p sin r, sin p, cos p cos r]]``: the yaw makes the (0, 1) entry vanish (the image
+    top axis ``-y`` points at the yaw when projected on the ground), then pitch and roll are read off."""
+    r = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
+    yaw = math.atan2(-r[0, 1], -r[1, 1])
+    cp, sp = math.cos(yaw), math.sin(yaw)
+    m = np.array([[cp, -sp, 0.0], [-sp, -cp, 0.0], [0.0, 0.0, -1.0]]).T @ r
+    pitch = math.atan2(m[2, 1], m[1, 1])
+    roll = math.atan2(m[0, 2], m[0, 0])
+    return math.degrees(yaw) % 360.0, math.degrees(pitch), math.degrees(roll)
+
+
 def ground_to_image_homography(pose: CameraPose, camera: CameraModel) -> np.ndarray:
     """3×3 homography: ground point ``(e, n, 1)`` (map metres, on Z = 0) -> image ``(u, v, 1)`` up to scale."""
     if pose.altitude_m <= 0:
@@ -332,6 +349,6 @@ def read_poses_csv(path: str | Path) -> list[dict[str, Any]]:
         return [{k: (v if k in ("file", "crs") else float(v)) for k, v in row.items()} for row in reader]
 
 
-__all__ = ["POSES_CSV_COLUMNS", "CameraModel", "CameraPose", "camera_rotation", "footprint",
+__all__ = ["POSES_CSV_COLUMNS", "CameraModel", "CameraPose", "attitude_from_rotation", "camera_rotation", "footprint",
            "ground_to_image_homography", "image_to_ground", "photometric", "project_ground_point", "random_poses",
            "read_poses_csv", "render_dataset", "render_view"]

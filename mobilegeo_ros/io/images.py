@@ -9,7 +9,8 @@ three channels), ``mono16`` / ``16UC1`` (scaled to 8 bit by ``round(v / 257)``, 
 ``is_bigendian`` honoured). Rows may be padded (``step >= width * bytes_per_pixel``). Compressed: JPEG and PNG through
 ``cv2.imdecode``; the image size is read from the header first, so a decompression bomb is refused before decoding.
 
-:func:`read_image_file` reads an image file (the CLI's inputs) with the same checks.
+:func:`read_image_file` reads an image file (the CLI's inputs) with the same checks; :func:`probe_image_file` runs
+the ones that need no decoding.
 
 Every problem raises :class:`ImageDecodeError` (a ``ValueError``) naming the field and the reason.
 """
@@ -190,6 +191,22 @@ def compressed_kind(fmt: str, data: bytes) -> str:
     return kind
 
 
+def _compressed_size(kind: str, b: bytes, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` of a JPEG/PNG stream from its header, after the checks that need no decoding: a JPEG
+    must end with its end-of-image marker, a PNG must have its IHDR, the size must be within ``max_pixels``."""
+    if kind == "jpeg":
+        w, h = _jpeg_size(b)
+        # libjpeg fills a truncated image with grey and only warns; refuse it instead.
+        if not b.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise ImageDecodeError("data: corrupt JPEG (truncated: no end-of-image marker)")
+    else:
+        if len(b) < 24 or b[12:16] != b"IHDR":
+            raise ImageDecodeError("data: corrupt PNG (no IHDR header)")
+        w, h = struct.unpack(">II", b[16:24])
+    _check_size(h, w, max_pixels, f"{kind} header")
+    return w, h
+
+
 def decode_compressed(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode the fields of a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to an ``H×W×3`` uint8 RGB array.
 
@@ -203,16 +220,7 @@ def decode_compressed(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageDecodeError("data: empty compressed image")
     b = buf.tobytes()
     kind = compressed_kind(str(fmt), b)
-    if kind == "jpeg":
-        w, h = _jpeg_size(b)
-        # libjpeg fills a truncated image with grey and only warns; refuse it instead.
-        if not b.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            raise ImageDecodeError("data: corrupt JPEG (truncated: no end-of-image marker)")
-    else:
-        if len(b) < 24 or b[12:16] != b"IHDR":
-            raise ImageDecodeError("data: corrupt PNG (no IHDR header)")
-        w, h = struct.unpack(">II", b[16:24])
-    _check_size(h, w, max_pixels, f"{kind} header")
+    w, h = _compressed_size(kind, b, max_pixels)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise ImageDecodeError(f"data: corrupt {kind.upper()} (OpenCV could not decode it)")
@@ -220,6 +228,22 @@ def decode_compressed(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageDecodeError(f"data: corrupt {kind.upper()} (header says {w}x{h}, decoded {img.shape[1]}x"
                                f"{img.shape[0]})")
     return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def probe_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """The checks of :func:`read_image_file` that need no decoding (the file exists; a JPEG or PNG has a sound
+    header, its end-of-image marker and a size within ``max_pixels``), so a batch can refuse bad files before any
+    work. Raises :class:`ImageDecodeError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"image {str(path)!r} does not exist")
+    data = path.read_bytes()
+    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else None
+    if kind is not None:
+        try:
+            _compressed_size(kind, data, max_pixels)
+        except ImageDecodeError as e:
+            raise ImageDecodeError(f"image {str(path)!r}: {e}") from None
 
 
 def read_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -259,5 +283,5 @@ def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "ImageDecodeError", "SUPPORTED_ENCODINGS", "bytes_per_pixel", "compressed_kind",
-    "decode_compressed", "decode_image", "encode_compressed", "encode_image", "read_image_file",
+    "decode_compressed", "decode_image", "encode_compressed", "encode_image", "probe_image_file", "read_image_file",
 ]
