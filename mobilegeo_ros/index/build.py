@@ -1,21 +1,29 @@
-"""Step function: GeoTIFF orthophoto -> saved :class:`~mobilegeo_ros.index.tile_index.TileIndex`."""
+"""Step function: GeoTIFF orthophoto -> saved :class:`~mobilegeo_ros.index.tile_index.TileIndex`, streamed window by
+window through resumable shards (see :func:`build_index`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from mobilegeo_ros.config import Config, IndexConfig
-from mobilegeo_ros.geo.raster import Orthophoto, read_orthophoto
+from mobilegeo_ros.config import Config
+from mobilegeo_ros.geo.raster import MapGeometry, Orthophoto, read_orthophoto
 from mobilegeo_ros.geo.tiles import TileSpec, cut_tile, gallery_rotations, tile_grid
+from mobilegeo_ros.geo.windowed import TileWindow, WindowedMap, opens_windowed, tile_windows
+from mobilegeo_ros.index.facts import BUILD_SECTIONS
 from mobilegeo_ros.index.tile_index import COLUMNS, TileIndex
 from mobilegeo_ros.model.base import EmbeddingModel
-from mobilegeo_ros.util.files import file_sha256
+from mobilegeo_ros.util.files import atomic_path, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +49,15 @@ def embed_tiles(ortho: Orthophoto, specs: Sequence[TileSpec], rotations_deg: Seq
             chunk = specs[start:start + per_chunk]
             images = [cut_tile(ortho, spec, tile_px, r) for spec in chunk for r in rots]
             vectors = model.embed(images)
-            columns = {
-                "tile_id": np.repeat([s.tile_id for s in chunk], len(rots)),
-                "level": np.repeat([s.level for s in chunk], len(rots)),
-                "size_m": np.repeat([s.size_m for s in chunk], len(rots)),
-                "rotation_deg": np.tile(rots, len(chunk)),
-                "center_e": np.repeat([s.center_e for s in chunk], len(rots)),
-                "center_n": np.repeat([s.center_n for s in chunk], len(rots)),
-                "lat": np.repeat([s.lat for s in chunk], len(rots)),
-                "lon": np.repeat([s.lon for s in chunk], len(rots)),
-            }
-            yield {name: np.asarray(col, dtype=COLUMNS[name]) for name, col in columns.items()}, vectors
+            yield _columns(chunk, rots), vectors
             bar.update(len(chunk))
     finally:
         bar.close()
 
 
-def map_info(ortho: Orthophoto, map_path: Path) -> dict:
-    """JSON-able description of the map an index was cut from (stored in ``index.json``)."""
+def map_info(ortho: MapGeometry, map_path: Path) -> dict:
+    """JSON-able description of the map an index was cut from (stored in ``index.json``); ``ortho`` is the map
+    (an :class:`Orthophoto` or the grid of a :class:`WindowedMap`)."""
     left, bottom, right, top = ortho.bounds
     return {
         "path": str(map_path.resolve()),
@@ -71,38 +70,194 @@ def map_info(ortho: Orthophoto, map_path: Path) -> dict:
     }
 
 
+#: Tiles per shard file of a build (whole windows; a shard ends at the first window boundary past this).
+SHARD_TILES = 256
+#: Default longest run of tile centres per window, pixels (memory: about this × a tile's diagonal × 3 bytes).
+DEFAULT_BLOCK_PX = 2048
+PARTIAL_SUFFIX = ".partial"
+_PLAN_FILE = "plan.json"
+_MODEL_RUNTIME_KNOBS = ("backend", "device", "num_threads", "batch_size")
+
+
+def partial_dir(out_dir: str | Path) -> Path:
+    """Where the shards of an unfinished build of ``out_dir`` are kept: the hidden sibling ``.NAME.partial``."""
+    out = Path(out_dir).absolute()
+    return out.parent / f".{out.name}{PARTIAL_SUFFIX}"
+
+
+@contextmanager
+def _open_map(map_path: Path, cfg: Config) -> Iterator[tuple[MapGeometry, Callable[[TileWindow], Orthophoto]]]:
+    """``(grid, read)``: the map's grid and a function reading one :class:`TileWindow` of it. Windowed reads when
+    the map settings allow (:func:`opens_windowed`), else the whole map read once (pansharpening)."""
+    if opens_windowed(cfg.map):
+        with WindowedMap(map_path, cfg.map) as wm:
+            yield wm, lambda w: wm.read_window(w.col0, w.row0, w.width, w.height)
+    else:
+        ortho = read_orthophoto(map_path, cfg.map)
+        yield ortho, lambda w: ortho
+
+
+def _shards(windows: Sequence[TileWindow]) -> list[list[TileWindow]]:
+    """Consecutive windows grouped into shards of about :data:`SHARD_TILES` tiles."""
+    shards: list[list[TileWindow]] = [[]]
+    count = 0
+    for w in windows:
+        if count >= SHARD_TILES:
+            shards.append([])
+            count = 0
+        shards[-1].append(w)
+        count += len(w.tiles)
+    return [sh for sh in shards if sh]
+
+
+def _prefetched(items: Iterator[Any]) -> Iterator[Any]:
+    """``items`` computed one ahead in a worker thread (reading and cutting tiles overlap the embedding: OpenCV,
+    GDAL and the model release the GIL, so both cores work)."""
+    end = object()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(next, items, end)
+        while True:
+            item = future.result()
+            if item is end:
+                return
+            future = pool.submit(next, items, end)
+            yield item
+
+
+def _shard_batches(shard: list[TileWindow], specs: Sequence[TileSpec], read: Callable[[TileWindow], Orthophoto],
+                   rotations: list[float], tile_px: int, per_batch: int) -> Iterator[tuple[list[TileSpec], list]]:
+    """``(tiles, images)`` batches of a shard: up to ``per_batch`` tiles, each at every rotation (tile-major)."""
+    tiles: list[TileSpec] = []
+    images: list[np.ndarray] = []
+    for window in shard:
+        ortho = read(window)
+        for i in window.tiles:
+            tiles.append(specs[i])
+            images.extend(cut_tile(ortho, specs[i], tile_px, r) for r in rotations)
+            if len(tiles) == per_batch:
+                yield tiles, images
+                tiles, images = [], []
+    if tiles:
+        yield tiles, images
+
+
+def _columns(tiles: Sequence[TileSpec], rotations: Sequence[float]) -> dict[str, np.ndarray]:
+    """The :data:`COLUMNS` of ``tiles`` at every rotation, tile-major."""
+    k = len(rotations)
+    columns = {
+        "tile_id": np.repeat([s.tile_id for s in tiles], k),
+        "level": np.repeat([s.level for s in tiles], k),
+        "size_m": np.repeat([s.size_m for s in tiles], k),
+        "rotation_deg": np.tile(np.asarray(rotations, float), len(tiles)),
+        "center_e": np.repeat([s.center_e for s in tiles], k),
+        "center_n": np.repeat([s.center_n for s in tiles], k),
+        "lat": np.repeat([s.lat for s in tiles], k),
+        "lon": np.repeat([s.lon for s in tiles], k),
+    }
+    return {name: np.asarray(col, dtype=COLUMNS[name]) for name, col in columns.items()}
+
+
+def _load_shard(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in COLUMNS}, npz["vectors"]
+
+
+def _start_or_resume(work: Path, plan: dict, log_resume: bool) -> set[int]:
+    """Prepare the shard folder of a build with ``plan``; returns the shard numbers already done. A folder of
+    another plan (other map, config, model or tiling) is emptied first: its shards are not this build's."""
+    plan_file = work / _PLAN_FILE
+    if work.is_dir():
+        try:
+            same = json.loads(plan_file.read_text()) == plan
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            log.warning("discarding the shards in %s: they belong to another build (map, config, model or tiling "
+                        "changed)", work)
+            shutil.rmtree(work)
+    if not work.is_dir():
+        work.mkdir(parents=True)
+        atomic_write_text(plan_file, json.dumps(plan, indent=1))
+        return set()
+    done = {int(p.stem.split("-")[1]) for p in work.glob("shard-*.npz")}
+    if done and log_resume:
+        log.info("resuming the build in %s: %d of %d shards done", work, len(done), plan["shards"])
+    return done
+
+
 def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: EmbeddingModel | None = None,
-                progress: bool = True) -> Path:
+                progress: bool = True, block_px: int = DEFAULT_BLOCK_PX, max_shards: int | None = None) -> Path:
     """Cut the orthophoto at ``map_path`` into tiles, embed them and save a :class:`TileIndex` at ``out_dir``.
 
-    Tiles: ``tile_grid(ortho, cfg.map.tile_sizes_m, cfg.map.overlap)``, each cut at ``cfg.map.tile_px`` pixels at
+    Tiles: ``tile_grid(map, cfg.map.tile_sizes_m, cfg.map.overlap)``, each cut at ``cfg.map.tile_px`` pixels at
     every rotation of :func:`gallery_rotations` (``cfg.index``). ``model`` defaults to ``load_model(cfg.model)``.
-    The index is written atomically (see :meth:`TileIndex.save`); returns ``out_dir``. Raises GeoError for a bad
-    map, ModelError for a bad model, IndexFileError when ``out_dir`` exists and is not an index.
+
+    Big maps: the map is read window by window (:mod:`mobilegeo_ros.geo.windowed`; memory of one window of about
+    ``block_px`` pixels, not of the raster; the tiles equal those of a whole-raster read), tiles are cut in a worker
+    thread while the model embeds, and every shard of ~:data:`SHARD_TILES` tiles is written as it finishes to
+    ``.OUT.partial/`` beside ``out_dir``. An interrupted build started again with the same map, config and model
+    resumes from its shards (``max_shards``: stop after embedding that many new shards and return None, as an
+    interruption would). The index is assembled from the shards at the end (faiss vectors added shard by shard),
+    saved atomically (see :meth:`TileIndex.save`, fingerprinted as always) and the shards are removed; returns
+    ``out_dir``. Raises GeoError for a bad map, ModelError for a bad model, IndexFileError when ``out_dir`` exists
+    and is not an index.
     """
     map_path = Path(map_path)
     out = TileIndex.check_output_dir(out_dir)
-    ortho = read_orthophoto(map_path, cfg.map)
-    specs = tile_grid(ortho, cfg.map.tile_sizes_m, cfg.map.overlap)
     if model is None:
         from mobilegeo_ros.model import load_model
         model = load_model(cfg.model)
     rotations = gallery_rotations(cfg.index)
-    log.info("building a %s index of %d tiles × %d rotations from %s", cfg.index.kind, len(specs), len(rotations),
-             map_path)
-    chunks = list(embed_tiles(ortho, specs, rotations, model, cfg.map.tile_px, progress=progress))
-    columns = {name: np.concatenate([c[name] for c, _ in chunks]) for name in COLUMNS}
-    vectors = np.concatenate([v for _, v in chunks])
-    info = map_info(ortho, map_path)
-    # The whole config it was built with, so `mobilegeo localize --index DIR` can run with the same settings.
-    info["build_config"] = dataclasses.asdict(cfg)
-    index = TileIndex.build(vectors, columns, model.identity(), ortho.crs.to_wkt(), info, cfg.index)
+    with _open_map(map_path, cfg) as (grid, read):
+        specs = tile_grid(grid, cfg.map.tile_sizes_m, cfg.map.overlap)
+        windows = tile_windows(grid, specs, cfg.map.tile_px, block_px)
+        shards = _shards(windows)
+        info = map_info(grid, map_path)
+        # The whole config it was built with, so `mobilegeo localize --index DIR` can run with the same settings.
+        info["build_config"] = dataclasses.asdict(cfg)
+        build = {k: dict(info["build_config"][k]) for k in BUILD_SECTIONS}
+        for knob in _MODEL_RUNTIME_KNOBS:  # how fast, not what: a resumed build may use another backend
+            build["model"].pop(knob, None)
+        plan = {"map_sha256": info["sha256"], "build": build,
+                "model": model.fingerprint(), "tiles": len(specs), "block_px": int(block_px),
+                "shards": len(shards), "shard_tiles": [sum(len(w.tiles) for w in sh) for sh in shards]}
+        work = partial_dir(out)
+        done = _start_or_resume(work, plan, progress)
+        log.info("building a %s index of %d tiles × %d rotations from %s (%d shards, %d done)", cfg.index.kind,
+                 len(specs), len(rotations), map_path, len(shards), len(done))
+        per_batch = max(1, model.batch_size // len(rotations))
+        bar = tqdm(total=len(specs), initial=sum(plan["shard_tiles"][i] for i in done), unit="tile",
+                   desc="embedding tiles", disable=not progress, smoothing=0.1)
+        embedded = 0
+        try:
+            for number, shard in enumerate(shards):
+                if number in done:
+                    continue
+                if max_shards is not None and embedded >= max_shards:
+                    return None
+                cols, vecs = [], []
+                for tiles, images in _prefetched(_shard_batches(shard, specs, read, rotations, cfg.map.tile_px,
+                                                                per_batch)):
+                    vecs.append(model.embed(images))
+                    cols.append(_columns(tiles, rotations))
+                    bar.update(len(tiles))
+                with atomic_path(work / f"shard-{number:06d}.npz") as tmp, open(tmp, "wb") as f:
+                    np.savez(f, vectors=np.concatenate(vecs), **{c: np.concatenate([p[c] for p in cols])
+                                                                  for c in COLUMNS})
+                embedded += 1
+        finally:
+            bar.close()
+    paths = [work / f"shard-{i:06d}.npz" for i in range(len(shards))]
+    index = TileIndex.build_from_chunks(lambda: (_load_shard(p) for p in paths), model.identity(),
+                                        grid.crs.to_wkt(), info, cfg.index)
     index.save(out)
+    shutil.rmtree(work, ignore_errors=True)
     if cfg.refine.enabled and cfg.refine.map_features_at_build:
         from mobilegeo_ros.estimator.refine import map_identity, precompute_map_features
-        precompute_map_features(ortho, cfg.refine, Path(out_dir) / "map_features",
+        precompute_map_features(read_orthophoto(map_path, cfg.map), cfg.refine, Path(out_dir) / "map_features",
                                 map_identity(info["sha256"], cfg.map))
     return Path(out_dir)
 
 
-__all__ = ["build_index", "embed_tiles", "gallery_rotations", "map_info"]
+__all__ = ["DEFAULT_BLOCK_PX", "SHARD_TILES", "build_index", "embed_tiles", "gallery_rotations", "map_info",
+           "partial_dir"]
