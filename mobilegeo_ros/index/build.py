@@ -97,12 +97,12 @@ def _open_map(map_path: Path, cfg: Config) -> Iterator[tuple[MapGeometry, Callab
         yield ortho, lambda w: ortho
 
 
-def _shards(windows: Sequence[TileWindow]) -> list[list[TileWindow]]:
-    """Consecutive windows grouped into shards of about :data:`SHARD_TILES` tiles."""
+def _shards(windows: Sequence[TileWindow], shard_tiles: int) -> list[list[TileWindow]]:
+    """Consecutive windows grouped into shards of about ``shard_tiles`` tiles."""
     shards: list[list[TileWindow]] = [[]]
     count = 0
     for w in windows:
-        if count >= SHARD_TILES:
+        if count >= shard_tiles:
             shards.append([])
             count = 0
         shards[-1].append(w)
@@ -186,7 +186,8 @@ def _start_or_resume(work: Path, plan: dict, log_resume: bool) -> set[int]:
 
 
 def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: EmbeddingModel | None = None,
-                progress: bool = True, block_px: int = DEFAULT_BLOCK_PX, max_shards: int | None = None) -> Path:
+                progress: bool = True, block_px: int = DEFAULT_BLOCK_PX, shard_tiles: int = SHARD_TILES,
+                max_shards: int | None = None) -> Path | None:
     """Cut the orthophoto at ``map_path`` into tiles, embed them and save a :class:`TileIndex` at ``out_dir``.
 
     Tiles: ``tile_grid(map, cfg.map.tile_sizes_m, cfg.map.overlap)``, each cut at ``cfg.map.tile_px`` pixels at
@@ -194,7 +195,7 @@ def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: E
 
     Big maps: the map is read window by window (:mod:`mobilegeo_ros.geo.windowed`; memory of one window of about
     ``block_px`` pixels, not of the raster; the tiles equal those of a whole-raster read), tiles are cut in a worker
-    thread while the model embeds, and every shard of ~:data:`SHARD_TILES` tiles is written as it finishes to
+    thread while the model embeds, and every shard of about ``shard_tiles`` tiles is written as it finishes to
     ``.OUT.partial/`` beside ``out_dir``. An interrupted build started again with the same map, config and model
     resumes from its shards (``max_shards``: stop after embedding that many new shards and return None, as an
     interruption would). The index is assembled from the shards at the end (faiss vectors added shard by shard),
@@ -211,7 +212,7 @@ def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: E
     with _open_map(map_path, cfg) as (grid, read):
         specs = tile_grid(grid, cfg.map.tile_sizes_m, cfg.map.overlap)
         windows = tile_windows(grid, specs, cfg.map.tile_px, block_px)
-        shards = _shards(windows)
+        shards = _shards(windows, shard_tiles)
         info = map_info(grid, map_path)
         # The whole config it was built with, so `mobilegeo localize --index DIR` can run with the same settings.
         info["build_config"] = dataclasses.asdict(cfg)
@@ -220,13 +221,14 @@ def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: E
             build["model"].pop(knob, None)
         plan = {"map_sha256": info["sha256"], "build": build,
                 "model": model.fingerprint(), "tiles": len(specs), "block_px": int(block_px),
-                "shards": len(shards), "shard_tiles": [sum(len(w.tiles) for w in sh) for sh in shards]}
+                "shard_tiles": int(shard_tiles),
+                "shards": len(shards), "tiles_per_shard": [sum(len(w.tiles) for w in sh) for sh in shards]}
         work = partial_dir(out)
         done = _start_or_resume(work, plan, progress)
         log.info("building a %s index of %d tiles × %d rotations from %s (%d shards, %d done)", cfg.index.kind,
                  len(specs), len(rotations), map_path, len(shards), len(done))
         per_batch = max(1, model.batch_size // len(rotations))
-        bar = tqdm(total=len(specs), initial=sum(plan["shard_tiles"][i] for i in done), unit="tile",
+        bar = tqdm(total=len(specs), initial=sum(plan["tiles_per_shard"][i] for i in done), unit="tile",
                    desc="embedding tiles", disable=not progress, smoothing=0.1)
         embedded = 0
         try:
