@@ -117,6 +117,13 @@ class EstimatorConfig:
                                    min=0.0, max=1.0, runtime=True)
     sigma_floor_m: float = _f(0.0, "smallest reported 1-sigma; 0 = a quarter of the matched tile size", min=0.0)
     sigma_scale: float = _f(1.0, "multiplier on the reported 1-sigma (calibration)", min=0.1, max=100.0)
+    gate_widening: bool = _f(True, "a position prior (gnss_prior, the track, a user's area) gates the search to "
+                                   "its radius; when nothing verifies inside, search rings ever wider, then the rest "
+                                   "of the index; false = the gate is a hard limit", runtime=True)
+    gate_widen_factor: float = _f(4.0, "each widening step multiplies the gate's radius by this", min=1.5,
+                                  max=100.0, runtime=True)
+    gate_widen_steps: int = _f(1, "rings searched after the gate before the rest of the index", min=0, max=10,
+                               runtime=True)
     max_sigma_m: float = _f(0.0, "no fix when the reported 1-sigma of a retrieval (unrefined) fix exceeds this, "
                                  "metres; 0 = no ceiling (tile-level fixes in retrieval-only mode are kept)", min=0.0, runtime=True)
 

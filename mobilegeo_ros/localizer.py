@@ -91,6 +91,25 @@ _PRIOR_RANGES = {"hfov_deg": (0.0, 180.0), "altitude_m": (0.0, math.inf), "radiu
 
 
 @dataclass
+class SearchReport:
+    """Where the retrieval of a fix searched (diagnostics). ``mode``: ``index`` (the whole index: no position prior,
+    or the rest of it after the gate and its widenings), ``gate`` (only the tiles within the prior's radius) or
+    ``widened`` (a ring around the gate, after nothing verified inside it). ``steps``: searches made (1 = the first);
+    ``radius_m``: the searched radius around the prior position (inf: no limit); ``rows``: index rows scored in
+    the step that gave the fix; ``rows_total``: in all steps."""
+
+    mode: str
+    steps: int
+    radius_m: float
+    rows: int
+    rows_total: int
+
+
+#: A position gate with at most this many rows (or a quarter of the index) is searched exhaustively on its rows.
+_SUBSET_SEARCH_ROWS = 50_000
+
+
+@dataclass
 class Fix:
     """One frame's localization on its own (no track). Positions in the index's map CRS (metres) and WGS84
     (degrees): the drone's nadir point when the priors or the solved camera pose place it, else the ground point
@@ -116,6 +135,7 @@ class Fix:
     pose: CameraPoseEstimate | None = None  # full camera pose solved on the map (registration + intrinsics)
     registration: Registration | None = field(default=None, repr=False)  # the verified registration (homography)
     retrieval: RetrievalEstimate | None = field(default=None, repr=False)
+    search: SearchReport | None = None  # where retrieval searched (position gate, widening, whole index)
 
     def as_dict(self) -> dict:
         """JSON-friendly summary."""
@@ -128,6 +148,10 @@ class Fix:
         }
         if self.pose is not None:
             out.update(pitch_deg=self.pose.pitch_deg, roll_deg=self.pose.roll_deg)
+        if self.search is not None:
+            out.update(search_mode=self.search.mode, search_steps=self.search.steps,
+                       search_radius_m=self.search.radius_m if math.isfinite(self.search.radius_m) else None,
+                       search_rows=self.search.rows)
         return out
 
 
@@ -160,6 +184,9 @@ class Localizer:
         )
         self.origin_lat, self.origin_lon = float(lat), float(lon)
         self._levels = np.unique(self._size)
+        # the farthest any tile reaches from any point of the index: a gate this wide holds the whole index
+        self._index_reach_m = float(math.hypot(self._e.max() - self._e.min(), self._n.max() - self._n.min())
+                                    + self._size.max()) if len(self._e) else 0.0
 
     @classmethod
     def from_files(cls, index_dir: str | Path, cfg: Config | None = None) -> Localizer:
@@ -212,10 +239,10 @@ class Localizer:
             queries = np.stack([
                 self._fuse(self.model.embed([rotate_to_heading(sq, a) for sq in squares])) for a in angles
             ])
-            est = self._localize_queries(queries, priors, query_angles=angles)
+            fix = self._search_and_finish(queries, priors, images[-1] if refine else None, query_angles=angles)
         else:
-            est = self._localize_queries(self._fuse(self.embed(images))[None], priors)
-        fix = self._finish(est, priors, images[-1] if refine else None)
+            fix = self._search_and_finish(self._fuse(self.embed(images))[None], priors,
+                                          images[-1] if refine else None)
         fix.latency_s = time.perf_counter() - t0
         fix.views_used = len(images)
         return fix
@@ -228,8 +255,7 @@ class Localizer:
         if self.cfg.index.heading == "query_rotations":
             raise ValueError("index.heading=query_rotations needs the images: call localize()")
         priors = priors or Priors()
-        est = self._localize_queries(self._fuse(np.asarray(embeddings, np.float32))[None], priors)
-        fix = self._finish(est, priors, image)
+        fix = self._search_and_finish(self._fuse(np.asarray(embeddings, np.float32))[None], priors, image)
         fix.latency_s = time.perf_counter() - t0
         fix.views_used = len(embeddings)
         return fix
@@ -259,11 +285,35 @@ class Localizer:
             ratio = np.abs(np.log(self._levels / side))
             keep = self._levels[ratio <= ratio.min() + math.log(1.25)]
             mask &= np.isin(self._size, keep)
-        lat, lon, radius = priors.finite("lat"), priors.finite("lon"), priors.finite("radius_m")
-        if lat is not None and lon is not None and radius is not None:
-            e0, n0 = self._from_wgs84.transform(lon, lat)
-            mask &= np.hypot(self._e - e0, self._n - n0) <= radius + self._size / 2.0
         return None if mask.all() else mask
+
+    def search_gate(self, priors: Priors) -> tuple[float, float, float] | None:
+        """``(easting, northing, radius_m)`` of the search gate the priors give (a position prior ``lat``/``lon`` with
+        ``radius_m``: the last GNSS fix, the track, a user's area), or None (search the whole index)."""
+        lat, lon, radius = priors.finite("lat"), priors.finite("lon"), priors.finite("radius_m")
+        if lat is None or lon is None or radius is None:
+            return None
+        e0, n0 = self._from_wgs84.transform(lon, lat)
+        if not (math.isfinite(e0) and math.isfinite(n0)):
+            return None
+        return float(e0), float(n0), float(radius)
+
+    def gate_radii(self, radius_m: float) -> list[float]:
+        """The radii (metres) searched in turn from a gate of ``radius_m``: the gate, then ``estimator.
+        gate_widen_steps`` rings each ``estimator.gate_widen_factor`` times wider (those already covering the whole
+        index are dropped), then the rest of the index (``inf``); only the gate with ``estimator.gate_widening``
+        false."""
+        ec = self.cfg.estimator
+        if not ec.gate_widening:
+            return [radius_m]
+        reach = self._index_reach_m
+        radii = [radius_m]
+        for _ in range(ec.gate_widen_steps):
+            nxt = max(radii[-1], 1.0) * ec.gate_widen_factor
+            if nxt >= reach:
+                break
+            radii.append(nxt)
+        return radii + [math.inf]
 
     def _footprint_m(self, priors: Priors) -> float | None:
         """Ground side (m) of the central square of a nadir view, from altitude and field of view."""
@@ -280,6 +330,18 @@ class Localizer:
         k = self.cfg.estimator.top_k
         n = self.index.ntotal
         copies = self.cfg.index.rotations if self.cfg.index.heading == "gallery_rotations" else 1
+        if mask is not None:
+            allowed = np.flatnonzero(mask)
+            if len(allowed) <= max(_SUBSET_SEARCH_ROWS, n // 4):
+                # a gate: score exactly the rows inside it (cost grows with the gate, not with the index)
+                scores, rows = self.index.search_rows(query, allowed, k * copies * 4)
+                merged = group_by_tile(scores[None], rows[None], self._tile_id, k)[0]
+                if len(merged) >= k or len(allowed) <= k * copies * 4:
+                    return (np.array([sc for _, sc in merged], np.float64),
+                            np.array([r for r, _ in merged], np.int64))
+                scores, rows = self.index.search_rows(query, allowed, len(allowed))
+                merged = group_by_tile(scores[None], rows[None], self._tile_id, k)[0]
+                return (np.array([sc for _, sc in merged], np.float64), np.array([r for r, _ in merged], np.int64))
         kk = min(n, k * copies * 4)
         while True:
             scores, rows = self.index.search(query[None], kk)
@@ -293,13 +355,67 @@ class Localizer:
                 return (np.array([sc for _, sc in merged], np.float64), np.array([r for r, _ in merged], np.int64))
             kk = min(n, kk * 4)
 
-    def _localize_queries(self, queries: np.ndarray, priors: Priors,
-                          query_angles: list[float] | None = None) -> RetrievalEstimate:
-        """Search each query (Q×D; Q > 1 only for query rotations) and estimate from the best-scoring one."""
+    def _search_and_finish(self, queries: np.ndarray, priors: Priors, image: np.ndarray | None,
+                           query_angles: list[float] | None = None) -> Fix:
+        """Retrieval (+ registration of ``image``) inside the search gate of the priors, widening ring by ring
+        (:meth:`gate_radii`) while nothing verifies: a verified registration, or a retrieval fix when nothing is
+        registered. Without a gate, one search of the whole index. The fix's :attr:`Fix.search` says where it was
+        found; when no step verifies, the gate's own result is returned (its search report counts every step)."""
+        gate = self.search_gate(priors)
+        if gate is None:
+            est = self._localize_queries(queries, priors, query_angles)
+            fix = self._finish(est, priors, image)
+            fix.search = SearchReport("index", 1, math.inf, self.index.ntotal, self.index.ntotal)
+            return fix
+        e0, n0, r0 = gate
+        dist = np.hypot(self._e - e0, self._n - n0) - self._size / 2.0  # tile centre within radius + half a tile
+        registering = image is not None and self.cfg.refine.enabled
+        first: Fix | None = None
+        inner = np.zeros(len(dist), bool)
+        radii = self.gate_radii(r0)
+        total = 0
+        for step, radius in enumerate(radii):
+            inside = dist <= radius
+            ring = inside & ~inner
+            inner = inside
+            total += int(ring.sum())
+            if not ring.any():
+                continue
+            est = self._localize_queries(queries, priors, query_angles, ring)
+            fix = self._finish(est, priors, image)
+            mode = "gate" if step == 0 else ("index" if math.isinf(radius) else "widened")
+            fix.search = SearchReport(mode, step + 1, radius, int(ring.sum()), total)
+            found = fix.status is FixStatus.VERIFIED if registering else fix.status.is_fix
+            if found:
+                return self._note_search(fix)
+            if first is None:
+                first = fix
+        if first is None:  # no tile anywhere (cannot happen with a non-empty index)
+            first = no_fix("no tiles to search")
+        first.search = dataclasses.replace(first.search or SearchReport("gate", 0, r0, 0, 0), steps=len(radii),
+                                           rows_total=total)
+        return self._note_search(first)
+
+    @staticmethod
+    def _note_search(fix: Fix) -> Fix:
+        """Append where a gated search found (or did not find) the fix to its reason (the node's diagnostics)."""
+        sr = fix.search
+        radius = "the rest of the index" if math.isinf(sr.radius_m) else f"{sr.radius_m:.0f} m"
+        note = f"search {sr.mode} ({radius}, {sr.rows} rows, step {sr.steps})"
+        fix.reason = f"{fix.reason}; {note}" if fix.reason else note
+        return fix
+
+    def _localize_queries(self, queries: np.ndarray, priors: Priors, query_angles: list[float] | None = None,
+                          region: np.ndarray | None = None) -> RetrievalEstimate:
+        """Search each query (Q×D; Q > 1 only for query rotations) among the rows of ``region`` (boolean mask over
+        the index rows; None: all) and estimate from the best-scoring one."""
         best: tuple[float, np.ndarray, np.ndarray, float | None] | None = None
         for qi, q in enumerate(queries):
             angle = query_angles[qi] if query_angles else None
-            scores, rows = self._search(q, self._allowed_rows(priors, angle))
+            mask = self._allowed_rows(priors, angle)
+            if region is not None:
+                mask = region if mask is None else mask & region
+            scores, rows = self._search(q, mask)
             if len(scores) and (best is None or scores[0] > best[0]):
                 best = (float(scores[0]), scores, rows, angle)
         if best is None:
