@@ -358,9 +358,11 @@ class Localizer:
     def _search_and_finish(self, queries: np.ndarray, priors: Priors, image: np.ndarray | None,
                            query_angles: list[float] | None = None) -> Fix:
         """Retrieval (+ registration of ``image``) inside the search gate of the priors, widening ring by ring
-        (:meth:`gate_radii`) while nothing verifies: a verified registration, or a retrieval fix when nothing is
-        registered. Without a gate, one search of the whole index. The fix's :attr:`Fix.search` says where it was
-        found; when no step verifies, the gate's own result is returned (its search report counts every step)."""
+        (:meth:`gate_radii`) while no registration verifies. Without a gate, one search of the whole index. Without
+        a registration (no ``image``, or ``refine.enabled`` false) the gate alone is searched: a confident retrieval
+        match outside a prior that found nothing similar inside is more often a look-alike than the place, and
+        nothing would verify it. The fix's :attr:`Fix.search` says where it was found; when no step verifies, the
+        gate's own result is returned (its search report counts every step)."""
         gate = self.search_gate(priors)
         if gate is None:
             est = self._localize_queries(queries, priors, query_angles)
@@ -372,7 +374,7 @@ class Localizer:
         registering = image is not None and self.cfg.refine.enabled
         first: Fix | None = None
         inner = np.zeros(len(dist), bool)
-        radii = self.gate_radii(r0)
+        radii = self.gate_radii(r0) if registering else [r0]
         total = 0
         for step, radius in enumerate(radii):
             inside = dist <= radius
@@ -385,8 +387,7 @@ class Localizer:
             fix = self._finish(est, priors, image)
             mode = "gate" if step == 0 else ("index" if math.isinf(radius) else "widened")
             fix.search = SearchReport(mode, step + 1, radius, int(ring.sum()), total)
-            found = fix.status is FixStatus.VERIFIED if registering else fix.status.is_fix
-            if found:
+            if fix.status is FixStatus.VERIFIED or not registering:
                 return self._note_search(fix)
             if first is None:
                 first = fix

@@ -95,6 +95,11 @@ def test_wrong_prior_widens_until_the_place_verifies(world):
     assert fix.search.rows == loc.index.ntotal - inner and fix.search.rows_total == loc.index.ntotal
     assert "search index (the rest of the index" in fix.reason
 
+    # Without registration nothing can verify a match outside the gate: retrieval alone stays inside it.
+    retrieval_only = loc.localize([image], _prior(ortho, far_e, far_n, 15.0), refine=False)
+    assert retrieval_only.search.mode == "gate" and retrieval_only.search.steps == 1
+    assert retrieval_only.search.rows == _rows_within(loc, far_e, far_n, 15.0)
+
     # A hard gate (no widening) keeps the wrong prior's area: nothing verifies there.
     hard = _loc(setup, gate_widening=False)
     assert hard.gate_radii(15.0) == [15.0]
