@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -209,6 +210,7 @@ def main() -> int:
         mosaic, layout = write_mosaic(area, cache, args.seed)
         mosaic_s = time.perf_counter() - t
         index_dir = cache / f"index-{area}km2-{args.backend}-{args.kind}"
+        shutil.rmtree(index_dir, ignore_errors=True)  # a fresh build (the last run's map features are in it)
         load_before = os.getloadavg()
         build_s, build_rss, _ = run_measured([sys.executable, "-c", "import sys; from mobilegeo_ros.cli import main; "
                                               "sys.exit(main())", "build-index", str(mosaic), "--out",

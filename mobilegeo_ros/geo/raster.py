@@ -343,18 +343,22 @@ def _brovey(ms: np.ndarray, ms_valid: np.ndarray, src: rasterio.io.DatasetReader
     return sharp, valid, dst_transform, CRS.from_user_input(dst_crs)
 
 
-def north_up_metric_grid(transform: Affine, crs: CRS, width: int, height: int
+def north_up_metric_grid(transform: Affine, crs: CRS, width: int, height: int, target_crs: CRS | None = None
                          ) -> tuple[Affine, CRS, int, int] | None:
     """The north-up, square-pixel grid of a metric CRS that a ``width×height`` raster on ``transform``/``crs`` is
     resampled onto: ``(transform, crs, width, height)``, or None when the raster already is on such a grid. A
-    non-metric CRS (geographic, Web Mercator) becomes the local UTM zone; the pixel area is kept."""
+    non-metric CRS (geographic, Web Mercator) becomes the local UTM zone, or ``target_crs`` when given (a metric CRS:
+    the other files of a map of several files); the pixel area is kept."""
     crs = CRS.from_user_input(crs)
+    target = CRS.from_user_input(target_crs) if target_crs is not None else None
+    if target is not None and not _is_metric_projected(target):
+        raise GeoError(f"target CRS {target.name!r} is not a projected CRS in metres")
     north_up_square = (abs(transform.b) < 1e-12 and abs(transform.d) < 1e-12 and transform.a > 0 and transform.e < 0
                        and abs(abs(transform.a) - abs(transform.e)) <= 1e-6 * abs(transform.a))
-    if _is_metric_projected(crs) and north_up_square:
+    if _is_metric_projected(crs) and north_up_square and (target is None or target == crs):
         return None
-    dst_crs = crs
-    if not _is_metric_projected(crs):
+    dst_crs = crs if target is None else target
+    if target is None and not _is_metric_projected(crs):
         to_ll = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
         cx, cy = transform @ (width / 2.0, height / 2.0)
         lon, lat = to_ll.transform(cx, cy)

@@ -66,11 +66,12 @@ class WindowedMap(MapGeometry):
     """A map file on its north-up metric grid, read one window at a time (see the module docstring).
 
     Attributes: ``path``, ``width``/``height`` (pixels of the grid), ``transform`` (continuous ``(col, row)`` ->
-    ``(easting, northing)`` metres), ``crs`` (projected, metres), ``gsd_m`` (metres per pixel). Use as a context
-    manager or call :meth:`close`.
+    ``(easting, northing)`` metres), ``crs`` (projected, metres), ``gsd_m`` (metres per pixel). ``target_crs``: read
+    the file on a grid of this metric CRS (at its own resolution) instead of its own, e.g. the CRS of the first
+    file of a map made of several. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | Path, map_cfg: MapConfig | None = None) -> None:
+    def __init__(self, path: str | Path, map_cfg: MapConfig | None = None, target_crs: CRS | None = None) -> None:
         cfg = map_cfg if map_cfg is not None else MapConfig()
         if not opens_windowed(cfg):
             raise GeoError("map.pansharpen_with: pansharpened maps are read whole (read_orthophoto), not window by "
@@ -86,7 +87,7 @@ class WindowedMap(MapGeometry):
             if any(b < 1 or b > self._src.count for b in self.bands):
                 raise GeoError(f"{name} has {self._src.count} bands; map.rgb_bands {self.bands} is out of range")
             crs = CRS.from_user_input(self._src.crs)
-            grid = north_up_metric_grid(self._src.transform, crs, self._src.width, self._src.height)
+            grid = north_up_metric_grid(self._src.transform, crs, self._src.width, self._src.height, target_crs)
             if grid is None:
                 self.transform, self.crs = self._src.transform, crs
                 self.width, self.height = self._src.width, self._src.height

@@ -9,7 +9,8 @@ import logging
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mobilegeo_ros.config import Config
-from mobilegeo_ros.geo.raster import MapGeometry, Orthophoto, read_orthophoto
+from mobilegeo_ros.geo.raster import GeoError, MapGeometry, Orthophoto, read_orthophoto
 from mobilegeo_ros.geo.tiles import TileSpec, cut_tile, gallery_rotations, tile_grid
 from mobilegeo_ros.geo.windowed import TileWindow, WindowedMap, opens_windowed, tile_windows
 from mobilegeo_ros.index.facts import BUILD_SECTIONS
@@ -141,8 +142,8 @@ def _shard_batches(shard: list[TileWindow], specs: Sequence[TileSpec], read: Cal
         yield tiles, images
 
 
-def _columns(tiles: Sequence[TileSpec], rotations: Sequence[float]) -> dict[str, np.ndarray]:
-    """The :data:`COLUMNS` of ``tiles`` at every rotation, tile-major."""
+def _columns(tiles: Sequence[TileSpec], rotations: Sequence[float], source: int = 0) -> dict[str, np.ndarray]:
+    """The :data:`COLUMNS` of ``tiles`` (cut from map file number ``source``) at every rotation, tile-major."""
     k = len(rotations)
     columns = {
         "tile_id": np.repeat([s.tile_id for s in tiles], k),
@@ -153,6 +154,7 @@ def _columns(tiles: Sequence[TileSpec], rotations: Sequence[float]) -> dict[str,
         "center_n": np.repeat([s.center_n for s in tiles], k),
         "lat": np.repeat([s.lat for s in tiles], k),
         "lon": np.repeat([s.lon for s in tiles], k),
+        "source": np.full(len(tiles) * k, source),
     }
     return {name: np.asarray(col, dtype=COLUMNS[name]) for name, col in columns.items()}
 
@@ -185,13 +187,71 @@ def _start_or_resume(work: Path, plan: dict, log_resume: bool) -> set[int]:
     return done
 
 
-def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: EmbeddingModel | None = None,
-                progress: bool = True, block_px: int = DEFAULT_BLOCK_PX, shard_tiles: int = SHARD_TILES,
-                max_shards: int | None = None) -> Path | None:
+MAP_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+
+
+def map_files(maps: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The files of a map: one path, several, or a folder (its files ending in :data:`MAP_SUFFIXES`, sorted by
+    name). GeoError when a folder holds none or a path is given twice."""
+    items = [maps] if isinstance(maps, (str, Path)) else list(maps)
+    if not items:
+        raise GeoError("no map file given")
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in MAP_SUFFIXES)
+            if not found:
+                raise GeoError(f"map folder {str(p)!r} holds no raster ({', '.join(MAP_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    resolved = [p.resolve() for p in out]
+    if len(set(resolved)) != len(resolved):
+        raise GeoError(f"a map file is given twice: {[str(p) for p in out]}")
+    return out
+
+
+@dataclass
+class _Source:
+    """One file of the map: its grid (in the index CRS), window reader, tiles (renumbered) and windows."""
+
+    path: Path
+    grid: MapGeometry
+    read: Callable[[TileWindow], Orthophoto]
+    specs: list[TileSpec]
+    windows: list[TileWindow]
+
+
+def _outside_earlier(specs: list[TileSpec], earlier: list[_Source]) -> list[TileSpec]:
+    """The tiles whose centre lies outside every earlier file's footprint (overlaps are indexed once: the first
+    file given wins)."""
+    keep = []
+    for spec in specs:
+        inside = False
+        for src in earlier:
+            left, bottom, right, top = src.grid.bounds
+            if left <= spec.center_e <= right and bottom <= spec.center_n <= top:
+                inside = True
+                break
+        if not inside:
+            keep.append(spec)
+    return keep
+
+
+def build_index(map_path: str | Path | Sequence[str | Path], out_dir: str | Path, cfg: Config,
+                model: EmbeddingModel | None = None, progress: bool = True, block_px: int = DEFAULT_BLOCK_PX,
+                shard_tiles: int = SHARD_TILES, max_shards: int | None = None) -> Path | None:
     """Cut the orthophoto at ``map_path`` into tiles, embed them and save a :class:`TileIndex` at ``out_dir``.
 
     Tiles: ``tile_grid(map, cfg.map.tile_sizes_m, cfg.map.overlap)``, each cut at ``cfg.map.tile_px`` pixels at
     every rotation of :func:`gallery_rotations` (``cfg.index``). ``model`` defaults to ``load_model(cfg.model)``.
+
+    Several files, one map: ``map_path`` may be a list of files or a folder (:func:`map_files`; a GDAL VRT is one
+    file). The index's CRS is the first file's (its metric grid); every other file is read on a grid of that CRS at
+    its own resolution, cut into its own tile grid, and its tiles whose centre lies inside an earlier file are left
+    out (overlaps indexed once, the first file wins). The ``source`` column says which file a tile comes from;
+    ``index.json`` lists the files under ``map.sources`` (its top-level map entries describe the first file).
 
     Big maps: the map is read window by window (:mod:`mobilegeo_ros.geo.windowed`; memory of one window of about
     ``block_px`` pixels, not of the raster; the tiles equal those of a whole-raster read), tiles are cut in a worker
@@ -203,45 +263,69 @@ def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: E
     ``out_dir``. Raises GeoError for a bad map, ModelError for a bad model, IndexFileError when ``out_dir`` exists
     and is not an index.
     """
-    map_path = Path(map_path)
+    paths_in = map_files(map_path)
     out = TileIndex.check_output_dir(out_dir)
+    if len(paths_in) > 1 and not opens_windowed(cfg.map):
+        raise GeoError("map.pansharpen_with: a map of several files cannot be pansharpened; pansharpen each file "
+                       "first (or index one file)")
     if model is None:
         from mobilegeo_ros.model import load_model
         model = load_model(cfg.model)
     rotations = gallery_rotations(cfg.index)
-    with _open_map(map_path, cfg) as (grid, read):
-        specs = tile_grid(grid, cfg.map.tile_sizes_m, cfg.map.overlap)
-        windows = tile_windows(grid, specs, cfg.map.tile_px, block_px)
-        shards = _shards(windows, shard_tiles)
-        info = map_info(grid, map_path)
+    with ExitStack() as stack:
+        sources: list[_Source] = []
+        for number, path in enumerate(paths_in):
+            if number == 0:
+                grid, read = stack.enter_context(_open_map(path, cfg))
+            else:
+                other = stack.enter_context(WindowedMap(path, cfg.map, target_crs=sources[0].grid.crs))
+                grid, read = other, (lambda w, m=other: m.read_window(w.col0, w.row0, w.width, w.height))
+            try:
+                specs = tile_grid(grid, cfg.map.tile_sizes_m, cfg.map.overlap)
+            except GeoError:
+                if number == 0:
+                    raise
+                specs = []  # a small extra file: no tile of its own
+            specs = _outside_earlier(specs, sources)
+            first_id = sum(len(src.specs) for src in sources)
+            specs = [dataclasses.replace(sp, tile_id=first_id + i) for i, sp in enumerate(specs)]
+            sources.append(_Source(path, grid, read, specs, tile_windows(grid, specs, cfg.map.tile_px, block_px)))
+        # shards never span two files: (source number, windows)
+        shards = [(k, sh) for k, src in enumerate(sources) for sh in _shards(src.windows, shard_tiles)]
+        n_tiles = sum(len(src.specs) for src in sources)
+        infos = [map_info(src.grid, src.path) for src in sources]
+        info = dict(infos[0])
+        if len(sources) > 1:
+            info["sources"] = infos
         # The whole config it was built with, so `mobilegeo localize --index DIR` can run with the same settings.
         info["build_config"] = dataclasses.asdict(cfg)
         build = {k: dict(info["build_config"][k]) for k in BUILD_SECTIONS}
         for knob in _MODEL_RUNTIME_KNOBS:  # how fast, not what: a resumed build may use another backend
             build["model"].pop(knob, None)
-        plan = {"map_sha256": info["sha256"], "build": build,
-                "model": model.fingerprint(), "tiles": len(specs), "block_px": int(block_px),
-                "shard_tiles": int(shard_tiles),
-                "shards": len(shards), "tiles_per_shard": [sum(len(w.tiles) for w in sh) for sh in shards]}
+        plan = {"map_sha256": [i["sha256"] for i in infos], "build": build,
+                "model": model.fingerprint(), "tiles": n_tiles, "block_px": int(block_px),
+                "shard_tiles": int(shard_tiles), "shards": len(shards),
+                "tiles_per_shard": [sum(len(w.tiles) for w in sh) for _, sh in shards]}
         work = partial_dir(out)
         done = _start_or_resume(work, plan, progress)
         log.info("building a %s index of %d tiles × %d rotations from %s (%d shards, %d done)", cfg.index.kind,
-                 len(specs), len(rotations), map_path, len(shards), len(done))
+                 n_tiles, len(rotations), ", ".join(str(p) for p in paths_in), len(shards), len(done))
         per_batch = max(1, model.batch_size // len(rotations))
-        bar = tqdm(total=len(specs), initial=sum(plan["tiles_per_shard"][i] for i in done), unit="tile",
+        bar = tqdm(total=n_tiles, initial=sum(plan["tiles_per_shard"][i] for i in done), unit="tile",
                    desc="embedding tiles", disable=not progress, smoothing=0.1)
         embedded = 0
         try:
-            for number, shard in enumerate(shards):
+            for number, (k, shard) in enumerate(shards):
                 if number in done:
                     continue
                 if max_shards is not None and embedded >= max_shards:
                     return None
+                src = sources[k]
                 cols, vecs = [], []
-                for tiles, images in _prefetched(_shard_batches(shard, specs, read, rotations, cfg.map.tile_px,
-                                                                per_batch)):
+                for tiles, images in _prefetched(_shard_batches(shard, src.specs, src.read, rotations,
+                                                                cfg.map.tile_px, per_batch)):
                     vecs.append(model.embed(images))
-                    cols.append(_columns(tiles, rotations))
+                    cols.append(_columns(tiles, rotations, source=k))
                     bar.update(len(tiles))
                 with atomic_path(work / f"shard-{number:06d}.npz") as tmp, open(tmp, "wb") as f:
                     np.savez(f, vectors=np.concatenate(vecs), **{c: np.concatenate([p[c] for p in cols])
@@ -249,17 +333,18 @@ def build_index(map_path: str | Path, out_dir: str | Path, cfg: Config, model: E
                 embedded += 1
         finally:
             bar.close()
-    paths = [work / f"shard-{i:06d}.npz" for i in range(len(shards))]
-    index = TileIndex.build_from_chunks(lambda: (_load_shard(p) for p in paths), model.identity(),
-                                        grid.crs.to_wkt(), info, cfg.index)
+        crs_wkt = sources[0].grid.crs.to_wkt()
+    shard_paths = [work / f"shard-{i:06d}.npz" for i in range(len(shards))]
+    index = TileIndex.build_from_chunks(lambda: (_load_shard(p) for p in shard_paths), model.identity(), crs_wkt,
+                                        info, cfg.index)
     index.save(out)
     shutil.rmtree(work, ignore_errors=True)
-    if cfg.refine.enabled and cfg.refine.map_features_at_build:
+    if cfg.refine.enabled and cfg.refine.map_features_at_build and len(sources) == 1:
         from mobilegeo_ros.estimator.refine import map_identity, precompute_map_features
-        precompute_map_features(read_orthophoto(map_path, cfg.map), cfg.refine, Path(out_dir) / "map_features",
+        precompute_map_features(read_orthophoto(paths_in[0], cfg.map), cfg.refine, Path(out_dir) / "map_features",
                                 map_identity(info["sha256"], cfg.map))
     return Path(out_dir)
 
 
-__all__ = ["DEFAULT_BLOCK_PX", "SHARD_TILES", "build_index", "embed_tiles", "gallery_rotations", "map_info",
-           "partial_dir"]
+__all__ = ["DEFAULT_BLOCK_PX", "MAP_SUFFIXES", "SHARD_TILES", "build_index", "embed_tiles", "gallery_rotations",
+           "map_files", "map_info", "partial_dir"]

@@ -55,7 +55,12 @@ COLUMNS: dict[str, np.dtype] = {
     "center_n": np.dtype(np.float64),
     "lat": np.dtype(np.float64),
     "lon": np.dtype(np.float64),
+    "source": np.dtype(np.int32),
 }
+#: Columns an index may lack (written before they existed, or built by a caller that does not know them), and the
+#: value they then hold. ``source``: index into ``map_info["sources"]`` of the file a tile was cut from (a map of
+#: several files); 0 for a one-file map.
+OPTIONAL_COLUMNS: dict[str, int] = {"source": 0}
 
 # faiss needs at least this many training points per IVF list for stable k-means (it warns below 39).
 MIN_POINTS_PER_LIST = 39
@@ -212,7 +217,9 @@ class TileIndex:
                  crs_wkt: str, map_info: Mapping[str, Any], config: IndexConfig, kind: str,
                  created: str | None = None) -> None:
         self.index = index
-        self.columns = {name: np.ascontiguousarray(columns[name], dtype=dt) for name, dt in COLUMNS.items()}
+        self.columns = {name: np.ascontiguousarray(columns[name] if name in columns else
+                                                   np.full(index.ntotal, OPTIONAL_COLUMNS[name]), dtype=dt)
+                        for name, dt in COLUMNS.items()}
         self.identity = json.loads(json.dumps(dict(identity)))
         self.fingerprint = fingerprint(self.identity)
         self.crs_wkt = str(crs_wkt)
@@ -255,9 +262,10 @@ class TileIndex:
         parts: list[dict[str, np.ndarray]] = []
         n, d = 0, None
         for cols, vecs in chunks():
-            missing = [c for c in COLUMNS if c not in cols]
+            missing = [c for c in COLUMNS if c not in cols and c not in OPTIONAL_COLUMNS]
             if missing:
                 raise ValueError(f"TileIndex.build: missing columns {missing}")
+            cols = {c: cols[c] if c in cols else np.full(len(vecs), OPTIONAL_COLUMNS[c]) for c in COLUMNS}
             v = np.asarray(vecs)
             if v.ndim != 2 or (d is not None and v.shape[1] != d):
                 raise ValueError(f"TileIndex.build: expected N×D vectors, got a chunk of shape {v.shape}")
@@ -475,7 +483,7 @@ class TileIndex:
         tiles_path = d / TILES_FILE
         try:
             with np.load(tiles_path, allow_pickle=False) as npz:
-                columns = {name: npz[name] for name in COLUMNS}
+                columns = {name: npz[name] for name in COLUMNS if name in npz.files or name not in OPTIONAL_COLUMNS}
         except KeyError as e:
             raise IndexFileError(f"index file {str(tiles_path)!r} lacks column {e}; rebuild the index") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -494,6 +502,8 @@ class TileIndex:
             raise IndexFileError(f"index file {str(index_path)!r}: dimension {index.d} differs from the model's "
                                  f"{identity['dim']}")
         bad = {name: len(col) for name, col in columns.items() if len(col) != index.ntotal}
+        columns.update({name: np.full(index.ntotal, value) for name, value in OPTIONAL_COLUMNS.items()
+                        if name not in columns})
         if bad:
             raise IndexFileError(f"index file {str(tiles_path)!r}: columns {bad} do not have {index.ntotal} rows")
         loaded = cls(index, columns, identity, facts.crs_wkt, facts.map_info, facts.config, facts.kind,
@@ -506,5 +516,5 @@ class TileIndex:
                 f"model={self.identity.get('model')!r}, fingerprint={self.fingerprint[:12]})")
 
 
-__all__ = ["COLUMNS", "FILES", "FORMAT", "FORMAT_VERSION", "META_FILE", "IndexFileError", "IndexMismatchError",
+__all__ = ["COLUMNS", "FILES", "OPTIONAL_COLUMNS", "FORMAT", "FORMAT_VERSION", "META_FILE", "IndexFileError", "IndexMismatchError",
            "TileIndex", "group_by_tile", "identity_differences"]
