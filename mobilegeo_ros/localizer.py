@@ -169,7 +169,7 @@ class Localizer:
     def __init__(self, index: TileIndex, model: EmbeddingModel, cfg: Config, index_dir: str | Path | None = None):
         self.index, self.model, self.cfg = index, model, cfg
         self.index_dir = Path(index_dir) if index_dir is not None else None
-        self._refiner: Refiner | None = None
+        self._refiners: dict[int, Refiner] = {}  # per map file (source) of the index, made on first use
         # Resolved now so that a moved map fails at start-up with a clear message; its pixels are read on first use.
         self.map_path = self._resolve_map_path() if cfg.refine.enabled else None
         cols = index.columns
@@ -430,15 +430,30 @@ class Localizer:
     # ---------------------------------------------------------------------------------------------------------------
     # Geometric refinement
 
-    def _resolve_map_path(self) -> Path:
-        """The orthophoto to register against: ``refine.map_path``, else the map recorded in the index, else a file
-        of the same name and content (sha256) next to the index directory (an index moved together with its map)."""
-        if self.cfg.refine.map_path:
+    @property
+    def sources(self) -> list[dict]:
+        """The map files of the index (``index.json`` ``map.sources``; one entry, the map itself, for a one-file
+        map): path, name, sha256, size, gsd and bounds in the index CRS."""
+        return self.index.map_info.get("sources") or [self.index.map_info]
+
+    def source_at(self, easting: float, northing: float) -> int:
+        """The first map file whose bounds hold the point (the file its tiles come from there); 0 if none does."""
+        for k, src in enumerate(self.sources):
+            bounds = src.get("bounds")
+            if bounds and bounds[0] <= easting <= bounds[2] and bounds[1] <= northing <= bounds[3]:
+                return k
+        return 0
+
+    def _resolve_map_path(self, source: int = 0) -> Path:
+        """The orthophoto to register against: ``refine.map_path`` (one-file maps), else the map file recorded in the
+        index, else a file of the same name and content (sha256) next to the index directory (an index moved
+        together with its map)."""
+        if self.cfg.refine.map_path and source == 0:
             path = Path(self.cfg.refine.map_path)
             if not path.is_file():
                 raise GeoError(f"refine.map_path {str(path)!r} does not exist")
             return path
-        info = self.index.map_info
+        info = self.sources[source]
         recorded = info.get("path")
         if not recorded:
             raise GeoError("the index does not record the map it was cut from; set refine.map_path (or "
@@ -453,25 +468,36 @@ class Localizer:
         raise GeoError(f"the map this index was cut from, {recorded!r}, is not there any more (moved or deleted); "
                        "refinement needs it: set refine.map_path to its new location, or refine.enabled false")
 
-    def refiner(self) -> Refiner:
-        """The :class:`Refiner` on the index's orthophoto (read on the first call, with the map settings the index
-        was built with, e.g. its pansharpening)."""
-        if self._refiner is None:
-            if self.map_path is None:
+    def refiner(self, source: int = 0) -> Refiner:
+        """The :class:`Refiner` on map file ``source`` of the index (read on the first call, with the map settings
+        the index was built with, e.g. its pansharpening; a map's other files on the grid of the index CRS)."""
+        if source not in self._refiners:
+            if source == 0 and self.map_path is None:
                 self.map_path = self._resolve_map_path()
+            path = self.map_path if source == 0 else self._resolve_map_path(source)
             stored = self.index.map_info.get("build_config", {}).get("map")
             map_cfg = from_dict({"map": stored}).map if stored else MapConfig(**vars(self.cfg.map))
-            # Map-side features are cached beside the index (INDEX_DIR/map_features), fingerprinted by the map
-            # file's content and the settings it is read with; without an index folder, in memory only.
+            # Map-side features are cached beside the index (INDEX_DIR/map_features, a sub-folder per further map
+            # file), fingerprinted by the map file's content and the settings it is read with; without an index
+            # folder, in memory only.
             cache_dir = map_identity = None
             if self.index_dir is not None:
-                recorded = self.index.map_info.get("sha256")
-                sha = recorded if recorded and not self.cfg.refine.map_path else file_sha256(self.map_path)
+                recorded = self.sources[source].get("sha256")
+                custom = self.cfg.refine.map_path and source == 0
+                sha = recorded if recorded and not custom else file_sha256(path)
                 cache_dir = self.index_dir / "map_features"
+                if source > 0:
+                    cache_dir = cache_dir / f"source-{source}"
                 map_identity = refine_map_identity(sha, map_cfg)
-            self._refiner = Refiner(read_orthophoto(self.map_path, map_cfg), self.cfg.refine, cache_dir=cache_dir,
-                                    map_identity=map_identity)
-        return self._refiner
+            if source == 0:
+                ortho = read_orthophoto(path, map_cfg)
+            else:
+                from mobilegeo_ros.geo.windowed import WindowedMap
+
+                with WindowedMap(path, map_cfg, target_crs=CRS.from_wkt(self.index.crs_wkt)) as wm:
+                    ortho = wm.read_window(0, 0, wm.width, wm.height)
+            self._refiners[source] = Refiner(ortho, self.cfg.refine, cache_dir=cache_dir, map_identity=map_identity)
+        return self._refiners[source]
 
     def _finish(self, est: RetrievalEstimate, priors: Priors, image: np.ndarray | None) -> Fix:
         """Retrieval estimate (+ the newest view to register, or None) -> :class:`Fix`, status by
@@ -511,7 +537,7 @@ class Localizer:
         center_n)``), no retrieval: the tracker's gated keyframe registration. ``heading_deg`` is the heading
         hypothesis (turns the query north-up for matchers that are not rotation invariant); ``gsd_m`` the view's
         ground resolution at its centre when known (metres per pixel, e.g. from the track), else from the priors."""
-        refiner = self.refiner()
+        refiner = self.refiner(self.source_at(center_e, center_n))
         h, w = image.shape[:2]
         if gsd_m is not None and math.isfinite(gsd_m) and gsd_m > 0:
             gsd, known = gsd_m, True
@@ -535,7 +561,6 @@ class Localizer:
         """
         t0 = time.perf_counter()
         rc = self.cfg.refine
-        refiner = self.refiner()
         rows = est.ranked_rows[: rc.top_k]
         h, w = image.shape[:2]
         gsd, known = expected_gsd(w, h, priors.finite("altitude_m"), priors.finite("hfov_deg"),
@@ -547,14 +572,18 @@ class Localizer:
             if any(math.hypot(e - we, n - wn) < 0.25 * size for we, wn, _, _ in windows):
                 continue
             windows.append((e, n, size, int(r)))
-        # Heading hypothesis (None: no rotation) -> the candidate windows registered with it, best candidate first.
-        groups: dict[float | None, list[tuple[float, float, float, int]]] = {}
+        # (map file, heading hypothesis (None: no rotation)) -> the candidate windows registered with it, best
+        # candidate first. A map of several files registers each candidate on the file its tile was cut from.
+        groups: dict[tuple[int, float | None], list[tuple[float, float, float, int]]] = {}
+        source = self.index.columns["source"]
         for win in windows:
+            refiner = self.refiner(int(source[win[3]]))
             for hyp in self._heading_hypotheses(refiner, est, priors, win[3]):
-                groups.setdefault(hyp, []).append(win)
+                groups.setdefault((int(source[win[3]]), hyp), []).append(win)
         deadline = t0 + rc.max_time_s if rc.max_time_s > 0 else None
         regs = []
-        for hyp, group in groups.items():
+        for (src, hyp), group in groups.items():
+            refiner = self.refiner(src)
             if deadline is not None and regs and time.perf_counter() > deadline:
                 regs += [Registration(False, "time budget spent", candidate=r) for *_, r in group]
                 continue
