@@ -87,7 +87,7 @@ def partial_dir(out_dir: str | Path) -> Path:
 
 
 @contextmanager
-def _open_map(map_path: Path, cfg: Config) -> Iterator[tuple[MapGeometry, Callable[[TileWindow], Orthophoto]]]:
+def open_map(map_path: Path, cfg: Config) -> Iterator[tuple[MapGeometry, Callable[[TileWindow], Orthophoto]]]:
     """``(grid, read)``: the map's grid and a function reading one :class:`TileWindow` of it. Windowed reads when
     the map settings allow (:func:`opens_windowed`), else the whole map read once (pansharpening)."""
     if opens_windowed(cfg.map):
@@ -125,14 +125,19 @@ def _prefetched(items: Iterator[Any]) -> Iterator[Any]:
             yield item
 
 
-def _shard_batches(shard: list[TileWindow], specs: Sequence[TileSpec], read: Callable[[TileWindow], Orthophoto],
-                   rotations: list[float], tile_px: int, per_batch: int) -> Iterator[tuple[list[TileSpec], list]]:
-    """``(tiles, images)`` batches of a shard: up to ``per_batch`` tiles, each at every rotation (tile-major)."""
+def _shard_batches(shard: Sequence[TileWindow], specs: Sequence[TileSpec], read: Callable[[TileWindow], Orthophoto],
+                   rotations: list[float], tile_px: int, per_batch: int, keep: range | None = None
+                   ) -> Iterator[tuple[list[TileSpec], list]]:
+    """``(tiles, images)`` batches of a shard: up to ``per_batch`` tiles, each at every rotation (tile-major); only
+    the tiles whose index into ``specs`` is in ``keep`` when given."""
     tiles: list[TileSpec] = []
     images: list[np.ndarray] = []
     for window in shard:
+        wanted = [i for i in window.tiles if keep is None or i in keep]
+        if not wanted:
+            continue
         ortho = read(window)
-        for i in window.tiles:
+        for i in wanted:
             tiles.append(specs[i])
             images.extend(cut_tile(ortho, specs[i], tile_px, r) for r in rotations)
             if len(tiles) == per_batch:
@@ -140,6 +145,19 @@ def _shard_batches(shard: list[TileWindow], specs: Sequence[TileSpec], read: Cal
                 tiles, images = [], []
     if tiles:
         yield tiles, images
+
+
+def embed_windows(windows: Sequence[TileWindow], specs: Sequence[TileSpec],
+                  read: Callable[[TileWindow], Orthophoto], rotations_deg: Sequence[float], model: EmbeddingModel,
+                  tile_px: int, keep: range | None = None) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """:func:`embed_tiles` window by window (:func:`~mobilegeo_ros.geo.windowed.tile_windows` of ``specs``, read
+    with ``read``), the tiles whose index is in ``keep`` only (all when None): the same tiles, in the same order,
+    as :func:`build_index` cuts, so a sharded build that embeds its range of tiles with the same windows gets the
+    same vectors."""
+    rots = [float(r) for r in rotations_deg]
+    per_batch = max(1, model.batch_size // len(rots))
+    for tiles, images in _prefetched(_shard_batches(windows, specs, read, rots, tile_px, per_batch, keep)):
+        yield _columns(tiles, rots), model.embed(images)
 
 
 def _columns(tiles: Sequence[TileSpec], rotations: Sequence[float], source: int = 0) -> dict[str, np.ndarray]:
@@ -276,7 +294,7 @@ def build_index(map_path: str | Path | Sequence[str | Path], out_dir: str | Path
         sources: list[_Source] = []
         for number, path in enumerate(paths_in):
             if number == 0:
-                grid, read = stack.enter_context(_open_map(path, cfg))
+                grid, read = stack.enter_context(open_map(path, cfg))
             else:
                 other = stack.enter_context(WindowedMap(path, cfg.map, target_crs=sources[0].grid.crs))
                 grid, read = other, (lambda w, m=other: m.read_window(w.col0, w.row0, w.width, w.height))
@@ -346,5 +364,5 @@ def build_index(map_path: str | Path | Sequence[str | Path], out_dir: str | Path
     return Path(out_dir)
 
 
-__all__ = ["DEFAULT_BLOCK_PX", "MAP_SUFFIXES", "SHARD_TILES", "build_index", "embed_tiles", "gallery_rotations",
-           "map_files", "map_info", "partial_dir"]
+__all__ = ["DEFAULT_BLOCK_PX", "MAP_SUFFIXES", "SHARD_TILES", "build_index", "embed_tiles", "embed_windows",
+           "gallery_rotations", "map_files", "map_info", "open_map", "partial_dir"]
