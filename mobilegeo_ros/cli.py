@@ -1,7 +1,7 @@
 """``mobilegeo``: the command line. Each verb is a thin call into the core.
 
 Verbs:
-  build-index MAP.tif --out INDEX_DIR [--config YAML]       tile pyramid + embeddings → faiss index directory
+  build-index MAP... --out INDEX_DIR [--config YAML]        tile pyramid + embeddings → faiss index directory
   render MAP.tif --out DIR --n N --seed S [...]              synthetic drone views + poses.csv
   localize --index INDEX_DIR IMAGE... [--out F.geojson]     one fix per photo; priors from EXIF/XMP/CSV; GIS outputs
   demo [--out DIR]                                           the README demo on real imagery (dgsamples)
@@ -89,7 +89,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     if args.kind:
         cfg.index.kind = args.kind
         cfg.validate()
-    out = build_index(Path(args.map), Path(args.out), cfg, progress=not args.quiet)
+    out = build_index([Path(m) for m in args.map], Path(args.out), cfg, progress=not args.quiet)
     print(f"index written to {out}")
     return 0
 
@@ -426,11 +426,17 @@ def _add_build_index_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-index", help="cut a tile pyramid from a GeoTIFF and index its embeddings",
                        description="Cut a tile pyramid (config map.tile_sizes_m, map.overlap) from a georeferenced "
                                    "GeoTIFF orthophoto, embed every tile (and its rotated copies, index.heading) and "
-                                   "write a faiss index directory (index.faiss, tiles.npz, index.json).")
-    p.add_argument("map", metavar="MAP.tif", help="georeferenced orthophoto (any projected CRS; geographic is "
-                                                  "reprojected to UTM)")
+                                   "write a faiss index directory (index.faiss, tiles.npz, index.json). Big maps are "
+                                   "read window by window (memory of a window, not of the raster); finished shards "
+                                   "are kept in .INDEX_DIR.partial/ and the same command resumes an interrupted "
+                                   "build. Several files (or a folder of them) make one map: the first file's CRS, "
+                                   "overlaps indexed once.")
+    p.add_argument("map", metavar="MAP", nargs="+",
+                   help="georeferenced orthophoto(s): GeoTIFF, COG or GDAL VRT, or a folder of them (any projected "
+                        "CRS; geographic is reprojected to UTM)")
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="output index directory (written atomically)")
-    p.add_argument("--kind", choices=["flat", "ivf", "hnsw"], help="override index.kind")
+    p.add_argument("--kind", choices=["flat", "ivf", "ivf_pq", "hnsw", "auto"],
+                   help="override index.kind (auto: exact flat while it fits index.auto_flat_max_mib, else ivf_pq)")
     _add_backend_option(p)
     _add_common_options(p)
     p.set_defaults(func=cmd_build_index)

@@ -85,13 +85,19 @@ class ModelConfig:
 class IndexConfig:
     """The faiss tile index and how camera heading is handled."""
 
-    kind: str = _f("flat", "faiss index: flat (exact) | ivf (IVF-Flat, big maps) | hnsw (graph, big maps)")
+    kind: str = _f("flat", "faiss index: flat (exact) | ivf (IVF-Flat, big maps) | ivf_pq (IVF + product "
+                           "quantization: pq_bytes per vector, ~40-80x smaller than flat, mission-size maps) | hnsw "
+                           "(graph, big maps) | auto (flat while the vectors fit in auto_flat_max_mib, else ivf_pq)")
     heading: str = _f("gallery_rotations",
                       "yaw handling: gallery_rotations (rotated tile copies) | query_rotations (rotate the query) "
                       "| none (north-up views only)")
     rotations: int = _f(8, "number of evenly spaced rotations (gallery copies or query copies)", min=1, max=72)
     ivf_nlist: int = _f(0, "IVF lists; 0 = 4*sqrt(number of vectors)", min=0)
     ivf_nprobe: int = _f(16, "IVF lists visited per query", min=1)
+    pq_bytes: int = _f(64, "ivf_pq: bytes per vector (sub-quantizers of 8 bits; must divide the embedding "
+                           "dimension)", min=1, max=1024)
+    auto_flat_max_mib: float = _f(512.0, "kind auto: an exact flat index while its float32 vectors take at most "
+                                         "this much memory, MiB; ivf_pq above", min=0.0)
     hnsw_m: int = _f(32, "HNSW graph degree", min=4, max=128)
     hnsw_ef_search: int = _f(128, "HNSW search breadth", min=8)
 
@@ -112,6 +118,13 @@ class EstimatorConfig:
                                    min=0.0, max=1.0, runtime=True)
     sigma_floor_m: float = _f(0.0, "smallest reported 1-sigma; 0 = a quarter of the matched tile size", min=0.0)
     sigma_scale: float = _f(1.0, "multiplier on the reported 1-sigma (calibration)", min=0.1, max=100.0)
+    gate_widening: bool = _f(True, "a position prior (gnss_prior, the track, a user's area) gates the search to "
+                                   "its radius; when nothing verifies inside, search rings ever wider, then the rest "
+                                   "of the index; false = the gate is a hard limit", runtime=True)
+    gate_widen_factor: float = _f(4.0, "each widening step multiplies the gate's radius by this", min=1.5,
+                                  max=100.0, runtime=True)
+    gate_widen_steps: int = _f(1, "rings searched after the gate before the rest of the index", min=0, max=10,
+                               runtime=True)
     max_sigma_m: float = _f(0.0, "no fix when the reported 1-sigma of a retrieval (unrefined) fix exceeds this, "
                                  "metres; 0 = no ceiling (tile-level fixes in retrieval-only mode are kept)", min=0.0, runtime=True)
 
@@ -341,7 +354,7 @@ class Config:
         choices = {
             "model.backend": (self.model.backend, ("torch", "onnxruntime", "tensorrt")),
             "model.name": (self.model.name, ("mobilenetv2_gem",)),
-            "index.kind": (self.index.kind, ("flat", "ivf", "hnsw")),
+            "index.kind": (self.index.kind, ("flat", "ivf", "ivf_pq", "hnsw", "auto")),
             "index.heading": (self.index.heading, ("gallery_rotations", "query_rotations", "none")),
             "refine.matcher": (self.refine.matcher, ("sift", "orb", "akaze", "xfeat", "xfeat_lighterglue")),
             "refine.ransac": (self.refine.ransac, ("magsac", "ransac")),

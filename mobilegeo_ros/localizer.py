@@ -109,6 +109,25 @@ def prior_range_error(name: str, value: float) -> str:
 
 
 @dataclass
+class SearchReport:
+    """Where the retrieval of a fix searched (diagnostics). ``mode``: ``index`` (the whole index: no position prior,
+    or the rest of it after the gate and its widenings), ``gate`` (only the tiles within the prior's radius) or
+    ``widened`` (a ring around the gate, after nothing verified inside it). ``steps``: searches made (1 = the first);
+    ``radius_m``: the searched radius around the prior position (inf: no limit); ``rows``: index rows scored in
+    the step that gave the fix; ``rows_total``: in all steps."""
+
+    mode: str
+    steps: int
+    radius_m: float
+    rows: int
+    rows_total: int
+
+
+#: A position gate with at most this many rows (or a quarter of the index) is searched exhaustively on its rows.
+_SUBSET_SEARCH_ROWS = 50_000
+
+
+@dataclass
 class Fix:
     """One frame's localization on its own (no track). Positions in the index's map CRS (metres) and WGS84
     (degrees): the drone's nadir point when the priors or the solved camera pose place it, else the ground point
@@ -134,6 +153,7 @@ class Fix:
     pose: CameraPoseEstimate | None = None  # full camera pose solved on the map (registration + intrinsics)
     registration: Registration | None = field(default=None, repr=False)  # the verified registration (homography)
     retrieval: RetrievalEstimate | None = field(default=None, repr=False)
+    search: SearchReport | None = None  # where retrieval searched (position gate, widening, whole index)
 
     def as_dict(self) -> dict:
         """JSON-friendly summary."""
@@ -146,6 +166,10 @@ class Fix:
         }
         if self.pose is not None:
             out.update(pitch_deg=self.pose.pitch_deg, roll_deg=self.pose.roll_deg)
+        if self.search is not None:
+            out.update(search_mode=self.search.mode, search_steps=self.search.steps,
+                       search_radius_m=self.search.radius_m if math.isfinite(self.search.radius_m) else None,
+                       search_rows=self.search.rows)
         return out
 
 
@@ -163,7 +187,7 @@ class Localizer:
     def __init__(self, index: TileIndex, model: EmbeddingModel, cfg: Config, index_dir: str | Path | None = None):
         self.index, self.model, self.cfg = index, model, cfg
         self.index_dir = Path(index_dir) if index_dir is not None else None
-        self._refiner: Refiner | None = None
+        self._refiners: dict[int, Refiner] = {}  # per map file (source) of the index, made on first use
         # Resolved now so that a moved map fails at start-up with a clear message; its pixels are read on first use.
         self.map_path = self._resolve_map_path() if cfg.refine.enabled else None
         cols = index.columns
@@ -178,6 +202,9 @@ class Localizer:
         )
         self.origin_lat, self.origin_lon = float(lat), float(lon)
         self._levels = np.unique(self._size)
+        # the farthest any tile reaches from any point of the index: a gate this wide holds the whole index
+        self._index_reach_m = float(math.hypot(self._e.max() - self._e.min(), self._n.max() - self._n.min())
+                                    + self._size.max()) if len(self._e) else 0.0
 
     @classmethod
     def from_files(cls, index_dir: str | Path, cfg: Config | None = None) -> Localizer:
@@ -230,10 +257,10 @@ class Localizer:
             queries = np.stack([
                 self._fuse(self.model.embed([rotate_to_heading(sq, a) for sq in squares])) for a in angles
             ])
-            est = self._localize_queries(queries, priors, query_angles=angles)
+            fix = self._search_and_finish(queries, priors, images[-1] if refine else None, query_angles=angles)
         else:
-            est = self._localize_queries(self._fuse(self.embed(images))[None], priors)
-        fix = self._finish(est, priors, images[-1] if refine else None)
+            fix = self._search_and_finish(self._fuse(self.embed(images))[None], priors,
+                                          images[-1] if refine else None)
         fix.latency_s = time.perf_counter() - t0
         fix.views_used = len(images)
         return fix
@@ -246,8 +273,7 @@ class Localizer:
         if self.cfg.index.heading == "query_rotations":
             raise ValueError("index.heading=query_rotations needs the images: call localize()")
         priors = priors or Priors()
-        est = self._localize_queries(self._fuse(np.asarray(embeddings, np.float32))[None], priors)
-        fix = self._finish(est, priors, image)
+        fix = self._search_and_finish(self._fuse(np.asarray(embeddings, np.float32))[None], priors, image)
         fix.latency_s = time.perf_counter() - t0
         fix.views_used = len(embeddings)
         return fix
@@ -277,11 +303,35 @@ class Localizer:
             ratio = np.abs(np.log(self._levels / side))
             keep = self._levels[ratio <= ratio.min() + math.log(1.25)]
             mask &= np.isin(self._size, keep)
-        lat, lon, radius = priors.finite("lat"), priors.finite("lon"), priors.finite("radius_m")
-        if lat is not None and lon is not None and radius is not None:
-            e0, n0 = self._from_wgs84.transform(lon, lat)
-            mask &= np.hypot(self._e - e0, self._n - n0) <= radius + self._size / 2.0
         return None if mask.all() else mask
+
+    def search_gate(self, priors: Priors) -> tuple[float, float, float] | None:
+        """``(easting, northing, radius_m)`` of the search gate the priors give (a position prior ``lat``/``lon`` with
+        ``radius_m``: the last GNSS fix, the track, a user's area), or None (search the whole index)."""
+        lat, lon, radius = priors.finite("lat"), priors.finite("lon"), priors.finite("radius_m")
+        if lat is None or lon is None or radius is None:
+            return None
+        e0, n0 = self._from_wgs84.transform(lon, lat)
+        if not (math.isfinite(e0) and math.isfinite(n0)):
+            return None
+        return float(e0), float(n0), float(radius)
+
+    def gate_radii(self, radius_m: float) -> list[float]:
+        """The radii (metres) searched in turn from a gate of ``radius_m``: the gate, then ``estimator.
+        gate_widen_steps`` rings each ``estimator.gate_widen_factor`` times wider (those already covering the whole
+        index are dropped), then the rest of the index (``inf``); only the gate with ``estimator.gate_widening``
+        false."""
+        ec = self.cfg.estimator
+        if not ec.gate_widening:
+            return [radius_m]
+        reach = self._index_reach_m
+        radii = [radius_m]
+        for _ in range(ec.gate_widen_steps):
+            nxt = max(radii[-1], 1.0) * ec.gate_widen_factor
+            if nxt >= reach:
+                break
+            radii.append(nxt)
+        return radii + [math.inf]
 
     def _footprint_m(self, priors: Priors) -> float | None:
         """Ground side (m) of the central square of a nadir view, from altitude and field of view."""
@@ -298,6 +348,18 @@ class Localizer:
         k = self.cfg.estimator.top_k
         n = self.index.ntotal
         copies = self.cfg.index.rotations if self.cfg.index.heading == "gallery_rotations" else 1
+        if mask is not None:
+            allowed = np.flatnonzero(mask)
+            if len(allowed) <= max(_SUBSET_SEARCH_ROWS, n // 4):
+                # a gate: score exactly the rows inside it (cost grows with the gate, not with the index)
+                scores, rows = self.index.search_rows(query, allowed, k * copies * 4)
+                merged = group_by_tile(scores[None], rows[None], self._tile_id, k)[0]
+                if len(merged) >= k or len(allowed) <= k * copies * 4:
+                    return (np.array([sc for _, sc in merged], np.float64),
+                            np.array([r for r, _ in merged], np.int64))
+                scores, rows = self.index.search_rows(query, allowed, len(allowed))
+                merged = group_by_tile(scores[None], rows[None], self._tile_id, k)[0]
+                return (np.array([sc for _, sc in merged], np.float64), np.array([r for r, _ in merged], np.int64))
         kk = min(n, k * copies * 4)
         while True:
             scores, rows = self.index.search(query[None], kk)
@@ -311,13 +373,68 @@ class Localizer:
                 return (np.array([sc for _, sc in merged], np.float64), np.array([r for r, _ in merged], np.int64))
             kk = min(n, kk * 4)
 
-    def _localize_queries(self, queries: np.ndarray, priors: Priors,
-                          query_angles: list[float] | None = None) -> RetrievalEstimate:
-        """Search each query (Q×D; Q > 1 only for query rotations) and estimate from the best-scoring one."""
+    def _search_and_finish(self, queries: np.ndarray, priors: Priors, image: np.ndarray | None,
+                           query_angles: list[float] | None = None) -> Fix:
+        """Retrieval (+ registration of ``image``) inside the search gate of the priors, widening ring by ring
+        (:meth:`gate_radii`) while no registration verifies. Without a gate, one search of the whole index. Without
+        a registration (no ``image``, or ``refine.enabled`` false) the gate alone is searched: a confident retrieval
+        match outside a prior that found nothing similar inside is more often a look-alike than the place, and
+        nothing would verify it. The fix's :attr:`Fix.search` says where it was found; when no step verifies, the
+        gate's own result is returned (its search report counts every step)."""
+        gate = self.search_gate(priors)
+        if gate is None:
+            est = self._localize_queries(queries, priors, query_angles)
+            fix = self._finish(est, priors, image)
+            fix.search = SearchReport("index", 1, math.inf, self.index.ntotal, self.index.ntotal)
+            return fix
+        e0, n0, r0 = gate
+        dist = np.hypot(self._e - e0, self._n - n0) - self._size / 2.0  # tile centre within radius + half a tile
+        registering = image is not None and self.cfg.refine.enabled
+        first: Fix | None = None
+        inner = np.zeros(len(dist), bool)
+        radii = self.gate_radii(r0) if registering else [r0]
+        total = 0
+        for step, radius in enumerate(radii):
+            inside = dist <= radius
+            ring = inside & ~inner
+            inner = inside
+            total += int(ring.sum())
+            if not ring.any():
+                continue
+            est = self._localize_queries(queries, priors, query_angles, ring)
+            fix = self._finish(est, priors, image)
+            mode = "gate" if step == 0 else ("index" if math.isinf(radius) else "widened")
+            fix.search = SearchReport(mode, step + 1, radius, int(ring.sum()), total)
+            if fix.status is FixStatus.VERIFIED or not registering:
+                return self._note_search(fix)
+            if first is None:
+                first = fix
+        if first is None:  # no tile anywhere (cannot happen with a non-empty index)
+            first = no_fix("no tiles to search")
+        first.search = dataclasses.replace(first.search or SearchReport("gate", 0, r0, 0, 0), steps=len(radii),
+                                           rows_total=total)
+        return self._note_search(first)
+
+    @staticmethod
+    def _note_search(fix: Fix) -> Fix:
+        """Append where a gated search found (or did not find) the fix to its reason (the node's diagnostics)."""
+        sr = fix.search
+        radius = "the rest of the index" if math.isinf(sr.radius_m) else f"{sr.radius_m:.0f} m"
+        note = f"search {sr.mode} ({radius}, {sr.rows} rows, step {sr.steps})"
+        fix.reason = f"{fix.reason}; {note}" if fix.reason else note
+        return fix
+
+    def _localize_queries(self, queries: np.ndarray, priors: Priors, query_angles: list[float] | None = None,
+                          region: np.ndarray | None = None) -> RetrievalEstimate:
+        """Search each query (Q×D; Q > 1 only for query rotations) among the rows of ``region`` (boolean mask over
+        the index rows; None: all) and estimate from the best-scoring one."""
         best: tuple[float, np.ndarray, np.ndarray, float | None] | None = None
         for qi, q in enumerate(queries):
             angle = query_angles[qi] if query_angles else None
-            scores, rows = self._search(q, self._allowed_rows(priors, angle))
+            mask = self._allowed_rows(priors, angle)
+            if region is not None:
+                mask = region if mask is None else mask & region
+            scores, rows = self._search(q, mask)
             if len(scores) and (best is None or scores[0] > best[0]):
                 best = (float(scores[0]), scores, rows, angle)
         if best is None:
@@ -331,15 +448,30 @@ class Localizer:
     # ---------------------------------------------------------------------------------------------------------------
     # Geometric refinement
 
-    def _resolve_map_path(self) -> Path:
-        """The orthophoto to register against: ``refine.map_path``, else the map recorded in the index, else a file
-        of the same name and content (sha256) next to the index directory (an index moved together with its map)."""
-        if self.cfg.refine.map_path:
+    @property
+    def sources(self) -> list[dict]:
+        """The map files of the index (``index.json`` ``map.sources``; one entry, the map itself, for a one-file
+        map): path, name, sha256, size, gsd and bounds in the index CRS."""
+        return self.index.map_info.get("sources") or [self.index.map_info]
+
+    def source_at(self, easting: float, northing: float) -> int:
+        """The first map file whose bounds hold the point (the file its tiles come from there); 0 if none does."""
+        for k, src in enumerate(self.sources):
+            bounds = src.get("bounds")
+            if bounds and bounds[0] <= easting <= bounds[2] and bounds[1] <= northing <= bounds[3]:
+                return k
+        return 0
+
+    def _resolve_map_path(self, source: int = 0) -> Path:
+        """The orthophoto to register against: ``refine.map_path`` (one-file maps), else the map file recorded in the
+        index, else a file of the same name and content (sha256) next to the index directory (an index moved
+        together with its map)."""
+        if self.cfg.refine.map_path and source == 0:
             path = Path(self.cfg.refine.map_path)
             if not path.is_file():
                 raise GeoError(f"refine.map_path {str(path)!r} does not exist")
             return path
-        info = self.index.map_info
+        info = self.sources[source]
         recorded = info.get("path")
         if not recorded:
             raise GeoError("the index does not record the map it was cut from; set refine.map_path (or "
@@ -354,25 +486,36 @@ class Localizer:
         raise GeoError(f"the map this index was cut from, {recorded!r}, is not there any more (moved or deleted); "
                        "refinement needs it: set refine.map_path to its new location, or refine.enabled false")
 
-    def refiner(self) -> Refiner:
-        """The :class:`Refiner` on the index's orthophoto (read on the first call, with the map settings the index
-        was built with, e.g. its pansharpening)."""
-        if self._refiner is None:
-            if self.map_path is None:
+    def refiner(self, source: int = 0) -> Refiner:
+        """The :class:`Refiner` on map file ``source`` of the index (read on the first call, with the map settings
+        the index was built with, e.g. its pansharpening; a map's other files on the grid of the index CRS)."""
+        if source not in self._refiners:
+            if source == 0 and self.map_path is None:
                 self.map_path = self._resolve_map_path()
+            path = self.map_path if source == 0 else self._resolve_map_path(source)
             stored = self.index.map_info.get("build_config", {}).get("map")
             map_cfg = from_dict({"map": stored}).map if stored else MapConfig(**vars(self.cfg.map))
-            # Map-side features are cached beside the index (INDEX_DIR/map_features), fingerprinted by the map
-            # file's content and the settings it is read with; without an index folder, in memory only.
+            # Map-side features are cached beside the index (INDEX_DIR/map_features, a sub-folder per further map
+            # file), fingerprinted by the map file's content and the settings it is read with; without an index
+            # folder, in memory only.
             cache_dir = map_identity = None
             if self.index_dir is not None:
-                recorded = self.index.map_info.get("sha256")
-                sha = recorded if recorded and not self.cfg.refine.map_path else file_sha256(self.map_path)
+                recorded = self.sources[source].get("sha256")
+                custom = self.cfg.refine.map_path and source == 0
+                sha = recorded if recorded and not custom else file_sha256(path)
                 cache_dir = self.index_dir / "map_features"
+                if source > 0:
+                    cache_dir = cache_dir / f"source-{source}"
                 map_identity = refine_map_identity(sha, map_cfg)
-            self._refiner = Refiner(read_orthophoto(self.map_path, map_cfg), self.cfg.refine, cache_dir=cache_dir,
-                                    map_identity=map_identity)
-        return self._refiner
+            if source == 0:
+                ortho = read_orthophoto(path, map_cfg)
+            else:
+                from mobilegeo_ros.geo.windowed import WindowedMap
+
+                with WindowedMap(path, map_cfg, target_crs=CRS.from_wkt(self.index.crs_wkt)) as wm:
+                    ortho = wm.read_window(0, 0, wm.width, wm.height)
+            self._refiners[source] = Refiner(ortho, self.cfg.refine, cache_dir=cache_dir, map_identity=map_identity)
+        return self._refiners[source]
 
     def map_loads(self) -> int:
         """One-time map loads done so far: 1 for reading the orthophoto for registration, plus one per map-feature
@@ -422,7 +565,7 @@ class Localizer:
         center_n)``), no retrieval: the tracker's gated keyframe registration. ``heading_deg`` is the heading
         hypothesis (turns the query north-up for matchers that are not rotation invariant); ``gsd_m`` the view's
         ground resolution at its centre when known (metres per pixel, e.g. from the track), else from the priors."""
-        refiner = self.refiner()
+        refiner = self.refiner(self.source_at(center_e, center_n))
         h, w = image.shape[:2]
         if gsd_m is not None and math.isfinite(gsd_m) and gsd_m > 0:
             gsd, known = gsd_m, True
@@ -446,7 +589,6 @@ class Localizer:
         """
         t0 = time.perf_counter()
         rc = self.cfg.refine
-        refiner = self.refiner()
         rows = est.ranked_rows[: rc.top_k]
         h, w = image.shape[:2]
         gsd, known = expected_gsd(w, h, priors.finite("altitude_m"), priors.finite("hfov_deg"),
@@ -458,14 +600,18 @@ class Localizer:
             if any(math.hypot(e - we, n - wn) < 0.25 * size for we, wn, _, _ in windows):
                 continue
             windows.append((e, n, size, int(r)))
-        # Heading hypothesis (None: no rotation) -> the candidate windows registered with it, best candidate first.
-        groups: dict[float | None, list[tuple[float, float, float, int]]] = {}
+        # (map file, heading hypothesis (None: no rotation)) -> the candidate windows registered with it, best
+        # candidate first. A map of several files registers each candidate on the file its tile was cut from.
+        groups: dict[tuple[int, float | None], list[tuple[float, float, float, int]]] = {}
+        source = self.index.columns["source"]
         for win in windows:
+            refiner = self.refiner(int(source[win[3]]))
             for hyp in self._heading_hypotheses(refiner, est, priors, win[3]):
-                groups.setdefault(hyp, []).append(win)
+                groups.setdefault((int(source[win[3]]), hyp), []).append(win)
         deadline = t0 + rc.max_time_s if rc.max_time_s > 0 else None
         regs = []
-        for hyp, group in groups.items():
+        for (src, hyp), group in groups.items():
+            refiner = self.refiner(src)
             if deadline is not None and regs and time.perf_counter() > deadline:
                 regs += [Registration(False, "time budget spent", candidate=r) for *_, r in group]
                 continue

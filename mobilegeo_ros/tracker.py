@@ -696,17 +696,20 @@ class Tracker:
         d = math.hypot(kf.easting - pe, kf.northing - pn)
         t = time.perf_counter()
         lat, lon = self.loc.map_to_wgs84(pe, pn)
+        # The search gate around the track; the localizer widens it ring by ring to the whole index while nothing
+        # verifies (estimator.gate_widening), and reports where it found the keyframe.
         around = dataclasses.replace(priors, lat=lat, lon=lon, radius_m=3.0 * sigma + d + half_m)
-        for scope, p in (("around the track", around), ("over the whole index", dataclasses.replace(
-                priors, lat=None, lon=None, radius_m=None))):
-            att = self._localize_job(seq, image, stamp_s, p, None)
-            if att.keyframe is not None:
-                att.keyframe.relocalized = not self._agrees(att.keyframe, pe, pn, track.cov_en)
-                att.keyframe.reason = (f"relocalized {scope}: keyframe {d:.0f} m from the track; "
-                                       f"{att.keyframe.reason}")
-                att.ms.update(ms)
-                att.ms["relocalize"] = 1e3 * (time.perf_counter() - t)
-                return att
+        att = self._localize_job(seq, image, stamp_s, around, None)
+        if att.keyframe is not None:
+            search = att.fix.search if att.fix is not None else None
+            scope = ("around the track" if search is None or search.mode == "gate" else
+                     "over the whole index" if search.mode == "index" else
+                     f"within {search.radius_m:.0f} m of the track")
+            att.keyframe.relocalized = not self._agrees(att.keyframe, pe, pn, track.cov_en)
+            att.keyframe.reason = f"relocalized {scope}: keyframe {d:.0f} m from the track; {att.keyframe.reason}"
+            att.ms.update(ms)
+            att.ms["relocalize"] = 1e3 * (time.perf_counter() - t)
+            return att
         ms["relocalize"] = 1e3 * (time.perf_counter() - t)
         return _Attempt(seq, None, RegistrationOutcome.UNVERIFIED,
                         f"keyframe {d:.0f} m from the track and no verified relocalization: track dropped",

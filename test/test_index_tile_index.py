@@ -250,3 +250,73 @@ def test_search_tiles_returns_distinct_tiles_with_best_rotation():
         assert len(per_query) == 3 and len(set(tiles)) == 3
         assert [s for _, s in per_query] == sorted((s for _, s in per_query), reverse=True)
     assert index.columns["rotation_deg"][hits[0][0][0]] == 180.0
+
+
+IDENTITY16 = {**IDENTITY, "dim": 16}
+
+
+@pytest.fixture(scope="module")
+def pq():
+    """12000 clustered 16-d vectors (>= 39 × 256 points: each sub-quantizer's 256 codewords train), an exact index
+    and the ``auto`` index that their size turns into ivf_pq (4 bytes a vector instead of 64), trained once."""
+    x = clustered(12000, 16, seed=11)
+    cols = columns(12000, 1)
+    exact = TileIndex.build(x, cols, IDENTITY16, CRS_WKT, MAP_INFO, IndexConfig(kind="flat"))
+    cfg = IndexConfig(kind="auto", auto_flat_max_mib=0.5, ivf_nlist=16, ivf_nprobe=16, pq_bytes=4)
+    return x, exact, TileIndex.build(x, cols, IDENTITY16, CRS_WKT, MAP_INFO, cfg)
+
+
+def test_ivf_pq_save_load_keeps_codes_fingerprint_and_recall(tmp_path, pq):
+    x, exact, index = pq
+    assert index.kind == "ivf_pq"  # auto: 0.73 MiB of float32 vectors > auto_flat_max_mib 0.5
+    q = unit(x[::300] + 0.05 * np.random.default_rng(3).normal(size=(40, 16)))
+    before = index.search(q, 10)
+    # recall of the compressed index against exact search
+    truth = exact.search(q, 1)[1][:, 0]
+    assert np.mean([t in r for t, r in zip(truth, before[1], strict=True)]) >= 0.8
+    out = index.save(tmp_path / "pq")
+    assert (out / "index.faiss").stat().st_size < 0.3 * exact.save(tmp_path / "flat").joinpath(
+        "index.faiss").stat().st_size
+    loaded = TileIndex.load(out, expected_identity=IDENTITY16)
+    assert loaded.kind == "ivf_pq" and loaded.config.pq_bytes == 4 and loaded.fingerprint == index.fingerprint
+    after = loaded.search(q, 10)
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[0], before[0])
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["kind"] == "ivf_pq" and meta["config"]["kind"] == "auto"
+    # a model with other weights is refused, as for every kind
+    with pytest.raises(IndexMismatchError, match="weights"):
+        TileIndex.load(out, expected_identity={**IDENTITY16, "weights_sha256": "cd" * 32})
+    # an edited identity no longer matches the stored fingerprint
+    meta["identity"]["gem_p"] = 4.0
+    (out / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFileError, match="fingerprint"):
+        TileIndex.load(out)
+
+
+def test_auto_kind_is_flat_while_small_and_too_few_vectors_fall_back_to_flat(pq):
+    x32 = unit(np.hstack([pq[0], pq[0]]))  # 12000 × 32: 1.46 MiB of float32
+    assert build(x32, kind="auto", auto_flat_max_mib=2.0).kind == "flat"
+    # too few vectors to train the product quantizer: exact search instead
+    assert build(x32[:3000], kind="ivf_pq", ivf_nlist=16, pq_bytes=8).kind == "flat"
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_pq"])
+def test_search_rows_is_exhaustive_on_the_subset(kind, pq):
+    x, exact, compressed = pq
+    index = exact if kind == "flat" else compressed
+    rows = np.random.default_rng(4).choice(12000, 700, replace=False)
+    q = x[rows[5]]
+    scores, found = index.search_rows(q, rows, 20)
+    assert set(found.tolist()) <= set(rows.tolist()) and len(found) == 20
+    assert (np.diff(scores) <= 0).all()
+    if kind == "flat":
+        np.testing.assert_array_equal(found, rows[np.argsort(-(x[rows] @ q), kind="stable")[:20]])
+        assert found[0] == rows[5]
+    else:
+        # the decoded codes score exactly what an all-lists search of the index scores
+        full_scores, full_rows = index.search(q[None], 12000)
+        by_row = dict(zip(full_rows[0].tolist(), full_scores[0].tolist(), strict=True))
+        np.testing.assert_allclose(scores, [by_row[r] for r in found.tolist()], rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="rows outside"):
+        index.search_rows(q, np.array([12000]), 1)

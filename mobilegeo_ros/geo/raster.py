@@ -43,40 +43,19 @@ class GeoError(ValueError):
     """A map file or geometric request is invalid; the message names the file (or value) and the problem."""
 
 
-@dataclass(eq=False)
-class Orthophoto:
-    """An RGB orthophoto on a north-up, square-pixel grid of a projected metric CRS.
+class MapGeometry:
+    """Pixel <-> map <-> WGS84 conversions of a north-up raster grid; a subclass provides ``transform`` (affine),
+    ``crs`` (pyproj CRS), ``width``/``height`` (pixels) and a ``_cache`` dict. Shared by :class:`Orthophoto` (pixels
+    in memory) and :class:`~mobilegeo_ros.geo.windowed.WindowedMap` (pixels read block by block)."""
 
-    Attributes:
-        rgb: ``H×W×3 uint8`` image, row 0 is the northern edge.
-        transform: affine pixel -> map transform (continuous ``(col, row)`` -> ``(easting, northing)``, metres).
-        crs: the projected CRS of the map coordinates (unit: metre).
-        gsd_m: ground sample distance, metres per pixel.
-        path: the file it was read from (``None`` for in-memory images).
-    """
-
-    rgb: np.ndarray
     transform: Affine
     crs: CRS
-    gsd_m: float
-    path: Path | None = None
-    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
-            raise GeoError(f"Orthophoto.rgb must be an H×W×3 uint8 array, got {self.rgb.shape} {self.rgb.dtype}")
-        self.crs = CRS.from_user_input(self.crs)
-        self.path = Path(self.path) if self.path is not None else None
+    _cache: dict[str, Any]
 
     @property
-    def width(self) -> int:
-        """Width in pixels."""
-        return int(self.rgb.shape[1])
-
-    @property
-    def height(self) -> int:
-        """Height in pixels."""
-        return int(self.rgb.shape[0])
+    def max_pyramid_level(self) -> int:
+        """Deepest pyramid level whose image is still at least 16 pixels on its short side."""
+        return max(0, int(math.floor(math.log2(min(self.width, self.height) / 16))))
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -119,6 +98,42 @@ class Orthophoto:
                                                          np.asarray(lat, dtype=np.float64))
         return np.asarray(e), np.asarray(n)
 
+
+@dataclass(eq=False)
+class Orthophoto(MapGeometry):
+    """An RGB orthophoto on a north-up, square-pixel grid of a projected metric CRS.
+
+    Attributes:
+        rgb: ``H×W×3 uint8`` image, row 0 is the northern edge.
+        transform: affine pixel -> map transform (continuous ``(col, row)`` -> ``(easting, northing)``, metres).
+        crs: the projected CRS of the map coordinates (unit: metre).
+        gsd_m: ground sample distance, metres per pixel.
+        path: the file it was read from (``None`` for in-memory images).
+    """
+
+    rgb: np.ndarray
+    transform: Affine
+    crs: CRS
+    gsd_m: float
+    path: Path | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
+            raise GeoError(f"Orthophoto.rgb must be an H×W×3 uint8 array, got {self.rgb.shape} {self.rgb.dtype}")
+        self.crs = CRS.from_user_input(self.crs)
+        self.path = Path(self.path) if self.path is not None else None
+
+    @property
+    def width(self) -> int:
+        """Width in pixels."""
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        """Height in pixels."""
+        return int(self.rgb.shape[0])
+
     # ----------------------------------------------------------------------------------------------------------------
     # Anti-aliased downscaled copies, shared by tiles.cut_tile and render.render_view.
 
@@ -134,11 +149,6 @@ class Orthophoto:
         while len(levels) <= level:
             levels.append(cv2.pyrDown(levels[-1]))
         return levels[level]
-
-    @property
-    def max_pyramid_level(self) -> int:
-        """Deepest pyramid level whose image is still at least 16 pixels on its short side."""
-        return max(0, int(math.floor(math.log2(min(self.width, self.height) / 16))))
 
     @staticmethod
     def pyramid_to_base(level: int) -> np.ndarray:
@@ -240,24 +250,39 @@ def _read_bands(src: rasterio.io.DatasetReader, bands: list[int], path: Path) ->
     return data, valid
 
 
-def stretch_to_uint8(data: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Per-channel linear stretch of ``C×H×W`` data so the low/high percentiles of valid pixels map to 0/255.
-
-    Returns ``H×W×C uint8``; invalid pixels are 0.
-    """
+def stretch_limits(data: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]
+                   ) -> list[tuple[float, float]] | None:
+    """Per-channel ``(low, high)`` values of ``C×H×W`` data at the low/high ``percentiles`` of its valid pixels (a
+    strided subsample of at most ~1 M per channel); None when no pixel is valid."""
     lo_p, hi_p = percentiles
-    out = np.zeros(data.shape[1:] + (data.shape[0],), dtype=np.uint8)
     flat_valid = valid.ravel()
     n_valid = int(flat_valid.sum())
     if n_valid == 0:
-        return out
+        return None
     step = max(1, n_valid // _MAX_STAT_SAMPLES)
+    limits = []
+    for c in range(data.shape[0]):
+        samples = data[c].ravel()[flat_valid][::step].astype(np.float64)
+        lo, hi = np.percentile(samples, [lo_p, hi_p])
+        limits.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+    return limits
+
+
+def stretch_to_uint8(data: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float],
+                     limits: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """Per-channel linear stretch of ``C×H×W`` data so the low/high percentiles of valid pixels map to 0/255.
+
+    ``limits``: per-channel ``(low, high)`` values to use instead (:func:`stretch_limits` of the whole map when
+    ``data`` is one window of it). Returns ``H×W×C uint8``; invalid pixels are 0.
+    """
+    out = np.zeros(data.shape[1:] + (data.shape[0],), dtype=np.uint8)
+    if limits is None:
+        limits = stretch_limits(data, valid, percentiles)
+        if limits is None:
+            return out
     for c in range(data.shape[0]):
         chan = data[c]
-        samples = chan.ravel()[flat_valid][::step].astype(np.float64)
-        lo, hi = np.percentile(samples, [lo_p, hi_p])
-        if not hi > lo:
-            hi = lo + 1.0
+        lo, hi = limits[c]
         scaled = (chan.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
         np.clip(scaled, 0, 255, out=scaled)
         scaled[~valid] = 0
@@ -318,28 +343,46 @@ def _brovey(ms: np.ndarray, ms_valid: np.ndarray, src: rasterio.io.DatasetReader
     return sharp, valid, dst_transform, CRS.from_user_input(dst_crs)
 
 
-def _to_north_up_metric(rgb: np.ndarray, valid: np.ndarray, transform: Affine, crs: CRS
-                        ) -> tuple[np.ndarray, Affine, CRS]:
-    """Reproject to the local UTM zone (non-metric CRS) and/or resample to a north-up square-pixel grid."""
+def north_up_metric_grid(transform: Affine, crs: CRS, width: int, height: int, target_crs: CRS | None = None
+                         ) -> tuple[Affine, CRS, int, int] | None:
+    """The north-up, square-pixel grid of a metric CRS that a ``width×height`` raster on ``transform``/``crs`` is
+    resampled onto: ``(transform, crs, width, height)``, or None when the raster already is on such a grid. A
+    non-metric CRS (geographic, Web Mercator) becomes the local UTM zone, or ``target_crs`` when given (a metric CRS:
+    the other files of a map of several files); the pixel area is kept."""
+    crs = CRS.from_user_input(crs)
+    target = CRS.from_user_input(target_crs) if target_crs is not None else None
+    if target is not None and not _is_metric_projected(target):
+        raise GeoError(f"target CRS {target.name!r} is not a projected CRS in metres")
     north_up_square = (abs(transform.b) < 1e-12 and abs(transform.d) < 1e-12 and transform.a > 0 and transform.e < 0
                        and abs(abs(transform.a) - abs(transform.e)) <= 1e-6 * abs(transform.a))
-    if _is_metric_projected(crs) and north_up_square:
-        return rgb, transform, crs
-    h, w = rgb.shape[:2]
-    dst_crs = crs
-    if not _is_metric_projected(crs):
+    if _is_metric_projected(crs) and north_up_square and (target is None or target == crs):
+        return None
+    dst_crs = crs if target is None else target
+    if target is None and not _is_metric_projected(crs):
         to_ll = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
-        cx, cy = transform @ (w / 2.0, h / 2.0)
+        cx, cy = transform @ (width / 2.0, height / 2.0)
         lon, lat = to_ll.transform(cx, cy)
         dst_crs = _utm_crs_for(float(lon), float(lat))
-    left, bottom, right, top = rasterio.transform.array_bounds(h, w, transform)
+    left, bottom, right, top = rasterio.transform.array_bounds(height, width, transform)
     with warnings.catch_warnings():
         # rasterio 1.4 still uses affine's deprecated `*` internally; not actionable here.
         warnings.simplefilter("ignore", PendingDeprecationWarning)
-        dst_t, _, _ = rasterio.warp.calculate_default_transform(crs, dst_crs, w, h, left, bottom, right, top)
+        dst_t, _, _ = rasterio.warp.calculate_default_transform(crs, dst_crs, width, height, left, bottom, right,
+                                                                top)
         res = math.sqrt(abs(dst_t.a * dst_t.e - dst_t.b * dst_t.d))  # square pixels of the same area
-        dst_t, dst_w, dst_h = rasterio.warp.calculate_default_transform(crs, dst_crs, w, h, left, bottom, right,
-                                                                        top, resolution=res)
+        dst_t, dst_w, dst_h = rasterio.warp.calculate_default_transform(crs, dst_crs, width, height, left, bottom,
+                                                                        right, top, resolution=res)
+    return dst_t, CRS.from_user_input(dst_crs), int(dst_w), int(dst_h)
+
+
+def _to_north_up_metric(rgb: np.ndarray, valid: np.ndarray, transform: Affine, crs: CRS
+                        ) -> tuple[np.ndarray, Affine, CRS]:
+    """Reproject to the local UTM zone (non-metric CRS) and/or resample to a north-up square-pixel grid."""
+    h, w = rgb.shape[:2]
+    grid = north_up_metric_grid(transform, crs, w, h)
+    if grid is None:
+        return rgb, transform, crs
+    dst_t, dst_crs, dst_w, dst_h = grid
     src = np.moveaxis(rgb, 2, 0).copy()
     src[:, ~valid] = 0
     out = np.zeros((3, dst_h, dst_w), dtype=np.uint8)
@@ -395,4 +438,5 @@ def resample_to(ortho: Orthophoto, target: Orthophoto) -> Orthophoto:
                                crs=target.crs, gsd_m=target.gsd_m)
 
 
-__all__ = ["GeoError", "MIN_SIZE_PX", "Orthophoto", "read_orthophoto", "resample_to", "stretch_to_uint8"]
+__all__ = ["GeoError", "MIN_SIZE_PX", "MapGeometry", "Orthophoto", "north_up_metric_grid", "read_orthophoto", "resample_to",
+           "stretch_limits", "stretch_to_uint8"]

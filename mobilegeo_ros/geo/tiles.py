@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from mobilegeo_ros.config import IndexConfig
-from mobilegeo_ros.geo.raster import GeoError, Orthophoto
+from mobilegeo_ros.geo.raster import GeoError, MapGeometry, Orthophoto
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _axis_centres(extent_px: float, size_px: float, stride_px: float) -> np.ndar
     return margin + size_px / 2.0 + stride_px * np.arange(count)
 
 
-def tile_grid(ortho: Orthophoto, sizes_m: Sequence[float], overlap: float) -> list[TileSpec]:
+def tile_grid(ortho: MapGeometry, sizes_m: Sequence[float], overlap: float) -> list[TileSpec]:
     """Regular grids of square tiles, one per footprint size, fully inside the orthophoto.
 
     For each size ``s`` (metres) the stride is ``s * (1 - overlap)``; the grid is centred so that the margins left
@@ -81,7 +81,7 @@ def tile_grid(ortho: Orthophoto, sizes_m: Sequence[float], overlap: float) -> li
     return specs
 
 
-def pick_level(ortho: Orthophoto, scale: float) -> int:
+def pick_level(ortho: MapGeometry, scale: float) -> int:
     """Pyramid level for sampling the map at ``scale`` map pixels per output pixel.
 
     ``floor(log2(scale) + 0.25)``: the residual bilinear downscale stays below ~1.7x on a Gaussian-prefiltered level,

@@ -1,7 +1,8 @@
 """Index embedding sharded over processes (GPUs, nodes) with ``torch.distributed``, launched by ``torchrun``.
 
-Every rank reads the orthophoto, cuts the same deterministic tile grid, and embeds its contiguous block of tiles with
-the ordinary :func:`~mobilegeo_ros.index.build.embed_tiles` generator; rank 0 gathers the blocks in rank order and
+Every rank opens the orthophoto, cuts the same deterministic tile grid, and embeds its contiguous block of tiles,
+read window by window through the same windows as :func:`~mobilegeo_ros.index.build.build_index`
+(:func:`~mobilegeo_ros.index.build.embed_windows`: memory of a window, not of the raster); rank 0 gathers the blocks in rank order and
 builds and saves the index exactly as :func:`~mobilegeo_ros.index.build.build_index` does. Block boundaries fall on
 multiples of the single-process chunk size, so every forward pass sees the same images as in a single-process build:
 the merged index has the same rows, in the same order, with the same vectors.
@@ -27,11 +28,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from mobilegeo_ros.config import Config, ConfigError, ModelConfig, load_config
-from mobilegeo_ros.geo.raster import GeoError, read_orthophoto
+from mobilegeo_ros.geo.raster import GeoError
 from mobilegeo_ros.geo.tiles import tile_grid
-from mobilegeo_ros.index.build import embed_tiles, gallery_rotations, map_info
+from mobilegeo_ros.geo.windowed import tile_windows
+from mobilegeo_ros.index.build import DEFAULT_BLOCK_PX, embed_windows, gallery_rotations, map_info, open_map
 from mobilegeo_ros.index.tile_index import COLUMNS, IndexFileError, TileIndex
 
 log = logging.getLogger(__name__)
@@ -83,15 +86,24 @@ def build_index_sharded(map_path: Path, out_dir: Path, cfg: Config, progress: bo
             kind, msg = status[0]
             raise {"IndexFileError": IndexFileError, "GeoError": GeoError}[kind](msg)
 
-        ortho = read_orthophoto(map_path, cfg.map)
-        specs = tile_grid(ortho, cfg.map.tile_sizes_m, cfg.map.overlap)
         model = load_model(_rank_model_config(cfg.model, local_rank))
         rotations = gallery_rotations(cfg.index)
-        per_chunk = max(1, model.batch_size // len(rotations))  # embed_tiles' default chunk: same batches
-        lo, hi = shard_bounds(len(specs), world, rank, per_chunk)
-        log.info("rank %d/%d embeds tiles [%d, %d) of %d", rank, world, lo, hi, len(specs))
-        chunks = list(embed_tiles(ortho, specs[lo:hi], rotations, model, cfg.map.tile_px,
-                                  progress=progress and rank == 0))
+        per_chunk = max(1, model.batch_size // len(rotations))  # tiles per forward pass
+        with open_map(map_path, cfg) as (grid, read):
+            # the windows build_index reads: the same tile images as a single-process build
+            specs = tile_grid(grid, cfg.map.tile_sizes_m, cfg.map.overlap)
+            windows = tile_windows(grid, specs, cfg.map.tile_px, DEFAULT_BLOCK_PX)
+            lo, hi = shard_bounds(len(specs), world, rank, per_chunk)
+            log.info("rank %d/%d embeds tiles [%d, %d) of %d", rank, world, lo, hi, len(specs))
+            chunks = []
+            with tqdm(total=hi - lo, unit="tile", desc=f"rank {rank} embedding tiles",
+                      disable=not (progress and rank == 0)) as bar:
+                for cols, vecs in embed_windows(windows, specs, read, rotations, model, cfg.map.tile_px,
+                                                range(lo, hi)):
+                    chunks.append((cols, vecs))
+                    bar.update(len(vecs) // len(rotations))
+            info = map_info(grid, map_path)
+            crs_wkt = grid.crs.to_wkt()
         part = (
             {name: np.concatenate([c[name] for c, _ in chunks]) if chunks else np.empty(0, dtype)
              for name, dtype in COLUMNS.items()},
@@ -109,9 +121,8 @@ def build_index_sharded(map_path: Path, out_dir: Path, cfg: Config, progress: bo
                                "every node has the same weights and config")
         columns = {name: np.concatenate([cols[name] for cols, _, _ in gathered]) for name in COLUMNS}
         vectors = np.concatenate([v for _, v, _ in gathered])
-        info = map_info(ortho, map_path)
         info["build_config"] = dataclasses.asdict(cfg)
-        index = TileIndex.build(vectors, columns, model.identity(), ortho.crs.to_wkt(), info, cfg.index)
+        index = TileIndex.build(vectors, columns, model.identity(), crs_wkt, info, cfg.index)
         index.save(out_dir)
         dist.barrier()
         return Path(out_dir)

@@ -20,7 +20,7 @@ import os
 import shutil
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,11 +55,22 @@ COLUMNS: dict[str, np.dtype] = {
     "center_n": np.dtype(np.float64),
     "lat": np.dtype(np.float64),
     "lon": np.dtype(np.float64),
+    "source": np.dtype(np.int32),
 }
+#: Columns an index may lack (written before they existed, or built by a caller that does not know them), and the
+#: value they then hold. ``source``: index into ``map_info["sources"]`` of the file a tile was cut from (a map of
+#: several files); 0 for a one-file map.
+OPTIONAL_COLUMNS: dict[str, int] = {"source": 0}
 
 # faiss needs at least this many training points per IVF list for stable k-means (it warns below 39).
 MIN_POINTS_PER_LIST = 39
 TRAIN_POINTS_PER_LIST = 64
+#: Codewords of each product-quantizer sub-space (8-bit codes): ``ivf_pq`` trains each on at least 39 × this.
+PQ_CODEWORDS = 256
+#: faiss kinds with inverted lists (``index.ivf_nprobe`` applies).
+IVF_KINDS = ("ivf", "ivf_pq")
+#: Rows decoded at a time by :meth:`TileIndex.search_rows` (bounds its memory: 4096 × D × 4 bytes).
+_RECONSTRUCT_ROWS = 4096
 REBUILD_HINT = ("rebuild the index with this model: `mobilegeo build-index` (or point model.weights / "
                 "model.input_px / model.gem_p at what the index was built with)")
 
@@ -111,6 +122,65 @@ def group_by_tile(scores: np.ndarray, rows: np.ndarray, tile_ids: np.ndarray,
     return out
 
 
+def resolve_kind(cfg: IndexConfig, n: int, d: int) -> str:
+    """The faiss kind an index of ``n`` vectors of dimension ``d`` gets: ``cfg.kind``, or for ``auto`` an exact
+    ``flat`` index while its vectors fit in ``cfg.auto_flat_max_mib`` MiB, else ``ivf_pq``."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    return "flat" if n * d * 4 <= cfg.auto_flat_max_mib * 2**20 else "ivf_pq"
+
+
+def new_faiss_index(cfg: IndexConfig, n: int, d: int) -> tuple[str, faiss.Index, np.ndarray | None]:
+    """``(kind actually built, empty faiss index, sorted rows to train it on or None)`` for ``n`` vectors of dimension
+    ``d`` (:func:`resolve_kind`). IVF kinds with too few vectors to train their lists (or, for ``ivf_pq``, the 256
+    codewords of each sub-quantizer) fall back to an exact flat index, with a warning. Training uses a seeded sample
+    of at most :data:`TRAIN_POINTS_PER_LIST` vectors per list: centroids are as good for retrieval and training a
+    million-vector map takes seconds instead of many minutes."""
+    kind = resolve_kind(cfg, n, d)
+    if kind == "flat":
+        return kind, faiss.IndexFlatIP(d), None
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        # Construction breadth: faiss's default 40 is low for large M; 2*M keeps recall high at modest cost.
+        index.hnsw.efConstruction = max(40, 2 * cfg.hnsw_m)
+        return kind, index, None
+    if kind not in ("ivf", "ivf_pq"):
+        raise ConfigError(f"index.kind: {kind!r} is not one of flat, ivf, ivf_pq, hnsw, auto")
+    nlist = cfg.ivf_nlist or max(1, int(round(4 * math.sqrt(n))))
+    need = MIN_POINTS_PER_LIST * nlist
+    if kind == "ivf_pq":
+        if d % cfg.pq_bytes:
+            raise ConfigError(f"index.pq_bytes: {cfg.pq_bytes} does not divide the embedding dimension {d}")
+        need = max(need, MIN_POINTS_PER_LIST * PQ_CODEWORDS)
+    if n < need:
+        log.warning("index.kind %s: %d vectors are too few to train it (need %d); using an exact flat index "
+                    "instead", kind, n, need)
+        return "flat", faiss.IndexFlatIP(d), None
+    spec = f"IVF{nlist},Flat" if kind == "ivf" else f"IVF{nlist},PQ{cfg.pq_bytes}x8"
+    index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivf_pq":
+        # index_factory turns on polysemous training (codes ordered for Hamming pre-filtering, which this search
+        # does not use): it costs ~8x the whole PQ training.
+        faiss.downcast_index(index).do_polysemous_training = False
+    cap = max(TRAIN_POINTS_PER_LIST * nlist, 0 if kind == "ivf" else TRAIN_POINTS_PER_LIST * PQ_CODEWORDS)
+    rows = np.arange(n) if n <= cap else np.sort(np.random.default_rng(0).choice(n, cap, replace=False))
+    return kind, index, rows
+
+
+def _gather_rows(chunks: Iterator[tuple[Mapping[str, np.ndarray], np.ndarray]], rows: np.ndarray, d: int
+                 ) -> np.ndarray:
+    """The sorted global ``rows`` of the vectors that ``chunks`` yields in order, as one len(rows)×d float32."""
+    out = np.empty((len(rows), d), np.float32)
+    start, filled = 0, 0
+    for _, vecs in chunks:
+        stop = start + len(vecs)
+        lo, hi = np.searchsorted(rows, [start, stop])
+        out[filled:filled + hi - lo] = np.asarray(vecs, np.float32)[rows[lo:hi] - start]
+        filled += hi - lo
+        start = stop
+    return out
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -139,15 +209,17 @@ class TileIndex:
 
     Build with :meth:`build`, query with :meth:`search` / :meth:`search_tiles`, persist with :meth:`save` /
     :meth:`load`. ``columns`` maps each name of :data:`COLUMNS` to a length-N array (N = number of vectors).
-    ``kind`` is the faiss index actually used ("flat", "ivf" or "hnsw"; an IVF request with too few vectors falls
-    back to "flat").
+    ``kind`` is the faiss index actually used ("flat", "ivf", "ivf_pq" or "hnsw"; ``auto`` resolves to flat or ivf_pq
+    by size, and an IVF request with too few vectors falls back to "flat").
     """
 
     def __init__(self, index: faiss.Index, columns: Mapping[str, np.ndarray], identity: Mapping[str, Any],
                  crs_wkt: str, map_info: Mapping[str, Any], config: IndexConfig, kind: str,
                  created: str | None = None) -> None:
         self.index = index
-        self.columns = {name: np.ascontiguousarray(columns[name], dtype=dt) for name, dt in COLUMNS.items()}
+        self.columns = {name: np.ascontiguousarray(columns[name] if name in columns else
+                                                   np.full(index.ntotal, OPTIONAL_COLUMNS[name]), dtype=dt)
+                        for name, dt in COLUMNS.items()}
         self.identity = json.loads(json.dumps(dict(identity)))
         self.fingerprint = fingerprint(self.identity)
         self.crs_wkt = str(crs_wkt)
@@ -173,41 +245,50 @@ class TileIndex:
         ``columns``: every name of :data:`COLUMNS` -> length-N array. ``identity``: the embedding model's
         identity (its ``dim`` must equal D). Raises ValueError for empty, non-finite or wrongly shaped input.
         """
-        cfg = config if config is not None else IndexConfig()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"TileIndex.build: expected a non-empty N×D array of vectors, got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("TileIndex.build: vectors contain NaN or infinity")
-        n, d = x.shape
+        return cls.build_from_chunks(lambda: iter([(columns, x)]), identity, crs_wkt, map_info, config)
+
+    @classmethod
+    def build_from_chunks(cls, chunks: Callable[[], Iterator[tuple[Mapping[str, np.ndarray], np.ndarray]]],
+                          identity: Mapping[str, Any], crs_wkt: str, map_info: Mapping[str, Any],
+                          config: IndexConfig | None = None) -> TileIndex:
+        """:meth:`build` from vectors that need not fit in memory twice: ``chunks()`` yields ``(columns, vectors)``
+        pairs (columns as in :meth:`build`, vectors M×D float32) and is called once more for the IVF kinds (a seeded
+        training sample first, then the vectors are added chunk by chunk). The index's rows are the chunks' rows in
+        order. Only the faiss index and the columns are held at the end."""
+        cfg = config if config is not None else IndexConfig()
+        parts: list[dict[str, np.ndarray]] = []
+        n, d = 0, None
+        for cols, vecs in chunks():
+            missing = [c for c in COLUMNS if c not in cols and c not in OPTIONAL_COLUMNS]
+            if missing:
+                raise ValueError(f"TileIndex.build: missing columns {missing}")
+            cols = {c: cols[c] if c in cols else np.full(len(vecs), OPTIONAL_COLUMNS[c]) for c in COLUMNS}
+            v = np.asarray(vecs)
+            if v.ndim != 2 or (d is not None and v.shape[1] != d):
+                raise ValueError(f"TileIndex.build: expected N×D vectors, got a chunk of shape {v.shape}")
+            if not np.isfinite(v).all():
+                raise ValueError("TileIndex.build: vectors contain NaN or infinity")
+            lengths = {len(cols[c]) for c in COLUMNS}
+            if lengths != {len(v)}:
+                raise ValueError(f"TileIndex.build: column lengths {sorted(lengths)} differ from the chunk's {len(v)} "
+                                 "vectors")
+            d = int(v.shape[1])
+            n += len(v)
+            parts.append({c: np.asarray(cols[c], dtype=COLUMNS[c]) for c in COLUMNS})
+        if n == 0 or d is None:
+            raise ValueError("TileIndex.build: expected a non-empty N×D array of vectors, got none")
         if "dim" in identity and int(identity["dim"]) != d:
             raise ValueError(f"TileIndex.build: vectors have dimension {d}, the model identity says {identity['dim']}")
-        missing = [c for c in COLUMNS if c not in columns]
-        if missing:
-            raise ValueError(f"TileIndex.build: missing columns {missing}")
-        kind = cfg.kind
-        if kind == "flat":
-            index = faiss.IndexFlatIP(d)
-        elif kind == "ivf":
-            nlist = cfg.ivf_nlist or max(1, int(round(4 * math.sqrt(n))))
-            if n < MIN_POINTS_PER_LIST * nlist:
-                log.warning("index.kind ivf: %d vectors are too few to train %d lists (need %d); using an exact "
-                            "flat index instead", n, nlist, MIN_POINTS_PER_LIST * nlist)
-                kind, index = "flat", faiss.IndexFlatIP(d)
-            else:
-                index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-                # k-means on a seeded sample of at most TRAIN_POINTS_PER_LIST per list: centroids are as good
-                # for retrieval and training a million-vector map takes seconds instead of many minutes.
-                cap = TRAIN_POINTS_PER_LIST * nlist
-                sample = x if n <= cap else x[np.sort(np.random.default_rng(0).choice(n, cap, replace=False))]
-                index.train(sample)
-        elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            # Construction breadth: faiss's default 40 is low for large M; 2*M keeps recall high at modest cost.
-            index.hnsw.efConstruction = max(40, 2 * cfg.hnsw_m)
-        else:
-            raise ConfigError(f"index.kind: {kind!r} is not one of flat, ivf, hnsw")
-        index.add(x)
+        columns = {c: np.concatenate([p[c] for p in parts]) for c in COLUMNS}
+        del parts
+        kind, index, train_rows = new_faiss_index(cfg, n, d)
+        if train_rows is not None:
+            index.train(_gather_rows(chunks(), train_rows, d))
+        for _, vecs in chunks():
+            index.add(np.ascontiguousarray(vecs, dtype=np.float32))
         return cls(index, columns, identity, crs_wkt, map_info, cfg, kind)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -235,7 +316,7 @@ class TileIndex:
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set IVF ``nprobe`` and/or HNSW ``efSearch`` (ignored for other kinds)."""
-        base = faiss.extract_index_ivf(self.index) if self.kind == "ivf" else None
+        base = faiss.extract_index_ivf(self.index) if self.kind in IVF_KINDS else None
         if base is not None and nprobe is not None:
             base.nprobe = int(min(nprobe, base.nlist))
         if self.kind == "hnsw" and ef_search is not None:
@@ -265,6 +346,35 @@ class TileIndex:
             rows = np.pad(rows, ((0, 0), (0, k - kk)), constant_values=-1)
         scores[rows < 0] = -np.inf
         return scores, rows
+
+    def search_rows(self, query: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exhaustive search of one D-vector ``query`` among the given index ``rows`` only (a search gate): the
+        stored vectors of those rows (decoded codes for ``ivf_pq``, the same scores its own search computes) times
+        the query. Returns ``(scores, rows)`` of the best ``min(k, len(rows))``, descending. Cost and memory grow
+        with ``len(rows)``, not with the index."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"TileIndex.search_rows: query must have {self.dim} values, got {q.shape[0]}")
+        rows = np.asarray(rows, np.int64)
+        if rows.size == 0 or k < 1:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        if rows.min() < 0 or rows.max() >= self.ntotal:
+            raise ValueError(f"TileIndex.search_rows: rows outside [0, {self.ntotal})")
+        scores = np.empty(len(rows), np.float32)
+        for s in range(0, len(rows), _RECONSTRUCT_ROWS):
+            part = rows[s:s + _RECONSTRUCT_ROWS]
+            scores[s:s + len(part)] = self._reconstruct(part) @ q
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top], rows[top]
+
+    def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        """len(rows)×D float32 stored vectors (decoded for compressed kinds)."""
+        if self.kind in IVF_KINDS:
+            ivf = faiss.extract_index_ivf(self.index)
+            if not getattr(self, "_direct_map", False):
+                ivf.make_direct_map()  # row -> (list, offset): 8 bytes per vector, made once
+                self._direct_map = True
+        return self.index.reconstruct_batch(np.ascontiguousarray(rows, np.int64))
 
     def group_by_tile(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """:func:`group_by_tile` with this index's ``tile_id`` column."""
@@ -373,7 +483,7 @@ class TileIndex:
         tiles_path = d / TILES_FILE
         try:
             with np.load(tiles_path, allow_pickle=False) as npz:
-                columns = {name: npz[name] for name in COLUMNS}
+                columns = {name: npz[name] for name in COLUMNS if name in npz.files or name not in OPTIONAL_COLUMNS}
         except KeyError as e:
             raise IndexFileError(f"index file {str(tiles_path)!r} lacks column {e}; rebuild the index") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -392,6 +502,8 @@ class TileIndex:
             raise IndexFileError(f"index file {str(index_path)!r}: dimension {index.d} differs from the model's "
                                  f"{identity['dim']}")
         bad = {name: len(col) for name, col in columns.items() if len(col) != index.ntotal}
+        columns.update({name: np.full(index.ntotal, value) for name, value in OPTIONAL_COLUMNS.items()
+                        if name not in columns})
         if bad:
             raise IndexFileError(f"index file {str(tiles_path)!r}: columns {bad} do not have {index.ntotal} rows")
         loaded = cls(index, columns, identity, facts.crs_wkt, facts.map_info, facts.config, facts.kind,
@@ -404,5 +516,5 @@ class TileIndex:
                 f"model={self.identity.get('model')!r}, fingerprint={self.fingerprint[:12]})")
 
 
-__all__ = ["COLUMNS", "FILES", "FORMAT", "FORMAT_VERSION", "META_FILE", "IndexFileError", "IndexMismatchError",
+__all__ = ["COLUMNS", "FILES", "OPTIONAL_COLUMNS", "FORMAT", "FORMAT_VERSION", "META_FILE", "IndexFileError", "IndexMismatchError",
            "TileIndex", "group_by_tile", "identity_differences"]
