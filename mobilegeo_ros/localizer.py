@@ -518,14 +518,12 @@ class Localizer:
         return self._refiners[source]
 
     def map_loads(self) -> int:
-        """One-time map loads done so far: 1 for reading the orthophoto for registration, plus one per map-feature
-        pyramid level read from ``INDEX_DIR/map_features`` and one per map block whose keypoints were detected; 0
-        before the first registration. A frame during which this grows paid a start-up cost
+        """One-time map loads done so far, over the index's map files: 1 for reading a file for registration, plus one
+        per map-feature pyramid level read from ``INDEX_DIR/map_features`` and one per map block whose keypoints were
+        detected; 0 before the first registration. A frame during which this grows paid a start-up cost
         (:meth:`mobilegeo_ros.tracker.Tracker.warm_up` pays them before the first frame)."""
-        if self._refiner is None:
-            return 0
-        mf = self._refiner.map_features
-        return 1 + len(mf.levels_loaded) + mf.blocks_computed
+        return sum(1 + len(r.map_features.levels_loaded) + r.map_features.blocks_computed
+                   for r in self._refiners.values())
 
     def _finish(self, est: RetrievalEstimate, priors: Priors, image: np.ndarray | None) -> Fix:
         """Retrieval estimate (+ the newest view to register, or None) -> :class:`Fix`, status by

@@ -426,11 +426,12 @@ class Tracker:
         alt = tile_m * cam.focal_px / min(cam.width_px, cam.height_px)
         levels = 0
         if self.cfg.refine.enabled:
-            refiner = self.loc.refiner()
-            ortho = refiner.ortho
-            for level in range(ortho.max_pyramid_level + 1):
-                refiner.map_features.ensure_level(level)
-            levels = ortho.max_pyramid_level + 1
+            for source in range(len(self.loc.sources)):  # every map file of the index
+                refiner = self.loc.refiner(source)
+                for level in range(refiner.ortho.max_pyramid_level + 1):
+                    refiner.map_features.ensure_level(level)
+                levels += refiner.ortho.max_pyramid_level + 1
+            ortho = self.loc.refiner().ortho
             e, n = self.loc.wgs84_to_map(self.loc.origin_lat, self.loc.origin_lon)
             views = [render_view(ortho, CameraPose(e + de, n, alt, 0.0), cam) for de in (0.0, WARM_UP_STEP_M)]
         else:

@@ -275,7 +275,10 @@ def test_ivf_pq_save_load_keeps_codes_fingerprint_and_recall(tmp_path, pq):
     truth = exact.search(q, 1)[1][:, 0]
     assert np.mean([t in r for t, r in zip(truth, before[1], strict=True)]) >= 0.8
     out = index.save(tmp_path / "pq")
-    assert (out / "index.faiss").stat().st_size < 0.3 * exact.save(tmp_path / "flat").joinpath(
+    # 4 code bytes + an 8-byte id a vector (144 kB) plus codebooks, and the precomputed residual tables faiss adds
+    # once the index has been searched (64 kB; measured: 0.34 of the flat file after other tests searched it):
+    # far below the flat index's 64 bytes a vector (768 kB)
+    assert (out / "index.faiss").stat().st_size < 0.4 * exact.save(tmp_path / "flat").joinpath(
         "index.faiss").stat().st_size
     loaded = TileIndex.load(out, expected_identity=IDENTITY16)
     assert loaded.kind == "ivf_pq" and loaded.config.pq_bytes == 4 and loaded.fingerprint == index.fingerprint
