@@ -211,16 +211,17 @@ def test_two_quick_sigints_exit_0_without_traceback(setup, phase):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=30)
+        try:  # not communicate(): it would read stderr too, racing the reader thread for the last lines
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
+            proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         reader.join(5)
+    out = proc.stdout.read()
     log = "".join(err)
     assert proc.returncode == 0, log
     assert "Traceback" not in log and "KeyboardInterrupt" not in log and "Traceback" not in out, log

@@ -290,6 +290,6 @@ def test_unusable_dem_file_stops_the_start_up(setup, tmp_path):
                             "-p", f"node.dem_file:={bad}"]
     r = subprocess.run(cmd, env=node_env(), capture_output=True, text=True, timeout=STARTUP_S)
     assert r.returncode == 2, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("[INFO]")]  # "starting: ..."
     assert len(lines) == 1 and "start-up refused: node.dem_file" in lines[0], r.stderr
     assert str(bad) in lines[0] and "not georeferenced" in lines[0]
