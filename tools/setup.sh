@@ -16,7 +16,7 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 launch_src="$root/../shared/ros"
 stamp="$venv/.mobilegeo-deps"
-want=$(cat requirements.txt requirements-nodeps.txt tools/setup.sh | sha256sum | cut -c1-16)$([ -d "$launch_src" ] && echo +launch)
+want=$(cat requirements.txt requirements-nodeps.txt tools/setup.sh | sha256sum | cut -c1-16)$([ -d "$launch_src" ] && echo +launch || true)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing dependencies into $venv (first run: a few minutes)"
   "${pip[@]}" install -q --upgrade "pip>=24" wheel setuptools
