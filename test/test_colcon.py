@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from ros_harness import default_signals, wait_for
+
 REPO = Path(__file__).resolve().parents[1]
 DOMAIN_ID = 73
 BIN = Path(sys.executable).parent
@@ -55,11 +57,6 @@ def _env(tmp_path: Path) -> dict:
     env.pop("COLCON_PREFIX_PATH", None)
     return env
 
-
-def _default_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.mark.slow
@@ -108,7 +105,7 @@ def test_colcon_build_then_ros2_run_from_the_install(tmp_path):
               f"-p index_dir:={setup.index_dir} -p config_file:={share / 'config' / 'localize.yaml'} "
               "-p qos_overrides./image.subscription.reliability:=reliable")
     proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=_default_signals)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=default_signals)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
@@ -125,15 +122,7 @@ def test_colcon_build_then_ros2_run_from_the_install(tmp_path):
     spinner.start()
 
     def wait(pred, timeout, what):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            value = pred()
-            if value:
-                return value
-            if proc.poll() is not None:
-                raise AssertionError(f"ros2 run exited with {proc.returncode}:\n{''.join(lines)}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}:\n{''.join(lines)}")
+        return wait_for(pred, timeout, what, proc, lambda: "".join(lines), name="ros2 run")
 
     try:
         wait(lambda: any("]: ready: " in ln for ln in lines), 120, "the node's ready line")

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ros_harness import default_signals, wait_for
+
 from mobilegeo_ros import config as config_mod
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,14 +52,6 @@ def test_launch_file_declares_the_arguments():
     for arg in ("config_file", "index_dir", "model", "backend", "namespace", "image_topic", "use_sim_time"):
         assert f'"{arg}"' in text
 
-
-def _default_signals() -> None:
-    """In the child before exec: SIGINT/SIGTERM unblocked and at their default action. A blocked mask or an ignored
-    SIGINT is inherited across exec, and threads started by earlier tests in this pytest process (executors, torch)
-    can leave the spawning thread with SIGINT blocked: ros2 launch then never sees the test's Ctrl-C."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _launch_stack_reason() -> str | None:
@@ -99,7 +93,7 @@ def test_ros2_launch_reads_config_publishes_fix_and_exits_cleanly(tmp_path):
     cmd = [shutil.which("ros2", path=env["PATH"]), "launch", "mobilegeo_ros", "localize.launch.py",
            f"index_dir:={setup.index_dir}", "namespace:=drone1", "image_topic:=/cam/image_raw"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=_default_signals)
+                            start_new_session=True, preexec_fn=default_signals)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
@@ -118,15 +112,7 @@ def test_ros2_launch_reads_config_publishes_fix_and_exits_cleanly(tmp_path):
     spinner.start()
 
     def wait(pred, timeout, what):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            v = pred()
-            if v:
-                return v
-            if proc.poll() is not None:
-                raise AssertionError(f"ros2 launch exited with {proc.returncode}:\n{''.join(output)}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}:\n{''.join(output)}")
+        return wait_for(pred, timeout, what, proc, lambda: "".join(output), name="ros2 launch")
 
     try:
         wait(lambda: pub.get_subscription_count() > 0, 90, "the node's image subscription (remapped)")
@@ -209,7 +195,7 @@ class _Launch:
         env = _launch_env(tmp_path)
         cmd = [shutil.which("ros2", path=env["PATH"]), "launch", "mobilegeo_ros", "localize.launch.py", *args]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, preexec_fn=_default_signals)
+                                     start_new_session=True, preexec_fn=default_signals)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
                                         daemon=True)

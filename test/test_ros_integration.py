@@ -9,7 +9,6 @@ changes); a second one checks per-topic overrides.
 """
 
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -33,10 +32,10 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, NavSatStatus  # noqa: E402
 
 from mobilegeo_ros.io.images import encode_compressed, encode_image  # noqa: E402
+from ros_harness import node_env, wait_for  # noqa: E402
 from synthetic_world import render_views, synthetic_setup  # noqa: E402
 
 DOMAIN_ID = 81
-REPO = Path(__file__).resolve().parents[1]
 CAMERA = "/cam/image_raw"
 NODE = "/localize_node"
 T0 = 1_700_100_000
@@ -57,12 +56,11 @@ class NodeProcess:
         self.cfg_file = tmp / "node.yaml"
         self.cfg_file.write_text(yaml.safe_dump(cfg))
         self.log_path = tmp / "node.log"
-        env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mobilegeo_ros.ros.node", "--ros-args", "-p", f"index_dir:={setup.index_dir}",
-             "-p", f"config_file:={self.cfg_file}", *ros_args], env=env, stdout=self._log, stderr=subprocess.STDOUT)
+             "-p", f"config_file:={self.cfg_file}", *ros_args], env=node_env(DOMAIN_ID), stdout=self._log,
+            stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -144,15 +142,7 @@ class Driver:
 
 
 def wait(pred, timeout, what, proc: NodeProcess | None = None):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        if proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"the node exited with {proc.proc.returncode}:\n{proc.log()}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f":\n{proc.log()}" if proc else ""))
+    return wait_for(pred, timeout, what, proc.proc if proc else None, proc.log if proc else (lambda: ""))
 
 
 def image_msg(rgb, sec: int, encoding: str = "bgr8") -> Image:

@@ -4,10 +4,8 @@ Ctrl-C plus the one ros2 launch forwards); start-up refusals (missing index, bad
 out-of-range value, model/index mismatch) exit 2 naming the problem."""
 
 import math
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,11 +15,11 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from builtin_interfaces.msg import Time  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, NavSatFix, NavSatStatus  # noqa: E402
 
 from mobilegeo_ros.io.images import encode_image  # noqa: E402
+from ros_harness import node_command, node_env, spinning_client, wait_for  # noqa: E402
 from synthetic_world import render_views, synthetic_setup  # noqa: E402
 
 DOMAIN_ID = 72
@@ -29,20 +27,8 @@ DOMAIN_ID = 72
 # (load average 10; HEAD 07e5db1), a few seconds on an idle machine. A node that skipped the refusal fails at this
 # bound, not at a long timeout.
 MISMATCH_EXIT_S = 60.0
-REPO = Path(__file__).resolve().parents[1]
 
 
-def node_command() -> list[str]:
-    """The installed console script when present (as users run it), else the module."""
-    script = Path(sys.executable).parent / "localize_node"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mobilegeo_ros.ros.node"]
-
-
-def node_env() -> dict:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), PYTHONUNBUFFERED="1")
-    # the working tree wins over an installed (possibly older) copy of the package
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def _params(setup, **extra):
@@ -61,7 +47,7 @@ def setup():
 
 
 def _run(args, timeout=60):
-    return subprocess.run(node_command() + args, env=node_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(node_command() + args, env=node_env(DOMAIN_ID), capture_output=True, text=True, timeout=timeout)
 
 
 def test_missing_index_dir_exits_2(tmp_path):
@@ -107,7 +93,7 @@ def test_model_index_mismatch_exits_2(setup, tmp_path):
     # node that skipped the refusal would run on (spin forever) and fail here at the bound, not at a long timeout.
     weights = _other_weights(tmp_path)
     t0 = time.monotonic()
-    proc = subprocess.Popen(node_command() + _params(setup, **{"model.weights": str(weights)}), env=node_env(),
+    proc = subprocess.Popen(node_command() + _params(setup, **{"model.weights": str(weights)}), env=node_env(DOMAIN_ID),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while proc.poll() is None and time.monotonic() - t0 < MISMATCH_EXIT_S:
@@ -129,40 +115,21 @@ def test_model_index_mismatch_exits_2(setup, tmp_path):
 
 @pytest.fixture(scope="module")
 def client():
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    node = rclpy.create_node("process_test_client", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-    thread.join(5)
+    with spinning_client("process_test_client", DOMAIN_ID) as node:
+        yield node
 
-
-def _wait(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_node_process_localizes_and_shuts_down_cleanly(setup, client, sig):
     view, _, (lat, lon) = render_views(setup, [(0.55, 0.45)])[0]
-    proc = subprocess.Popen(node_command() + _params(setup), env=node_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(node_command() + _params(setup), env=node_env(DOMAIN_ID), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     fixes = []
     sub = client.create_subscription(NavSatFix, "/localize_node/fix", fixes.append, 10)
     pub = client.create_publisher(Image, "image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
     try:
-        _wait(lambda: pub.get_subscription_count() > 0 and client.count_publishers("/localize_node/fix") > 0
+        wait_for(lambda: pub.get_subscription_count() > 0 and client.count_publishers("/localize_node/fix") > 0
               or proc.poll() is not None, 90, "the node's subscription")
         assert proc.poll() is None, proc.communicate()[1]
         f = encode_image(view, "rgb8")
@@ -175,7 +142,7 @@ def test_node_process_localizes_and_shuts_down_cleanly(setup, client, sig):
                 pub.publish(msg)  # again, in case the first arrived before discovery completed both ways
             return next((m for m in fixes if m.header.stamp.sec == stamp_sec), None)
 
-        fix = _wait(got_fix, 60, "a fix from the node process")
+        fix = wait_for(got_fix, 60, "a fix from the node process")
         assert fix.status.status == NavSatStatus.STATUS_FIX
         dlat = (fix.latitude - lat) * 111_320.0
         dlon = (fix.longitude - lon) * 111_320.0 * math.cos(math.radians(lat))
@@ -199,14 +166,14 @@ def test_two_quick_sigints_exit_0_without_traceback(setup, phase):
     """Issue 13 row 10, the node alone: a terminal's Ctrl-C reaches the node and ros2 launch, which forwards another
     SIGINT, so the node gets two in quick succession: while it loads (model, index, warm-up) or once ready. Either
     way it exits 0, says it is shutting down, and no KeyboardInterrupt traceback comes out of the cleanup."""
-    proc = subprocess.Popen(node_command() + _params(setup), env=node_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(node_command() + _params(setup), env=node_env(DOMAIN_ID), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
     marker = "starting: loading the index" if phase == "start-up" else "ready: index"
     try:
-        _wait(lambda: any(marker in ln for ln in err) or proc.poll() is not None, 90, marker)
+        wait_for(lambda: any(marker in ln for ln in err) or proc.poll() is not None, 90, marker)
         assert proc.poll() is None, "".join(err)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)

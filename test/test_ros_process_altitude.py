@@ -13,11 +13,9 @@ sends to UDP ports this test listens on.
 """
 
 import math
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,11 +31,11 @@ from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from pymavlink.dialects.v20 import ardupilotmega as mav2  # noqa: E402
 from pyproj import Transformer  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, NavSatFix, NavSatStatus, Range  # noqa: E402
 
 from mobilegeo_ros.io.images import encode_image  # noqa: E402
+from ros_harness import node_command, node_env, spinning_client, wait_for  # noqa: E402
 from synthetic_world import render_views, synthetic_setup  # noqa: E402
 
 DOMAIN_ID = 76
@@ -50,25 +48,7 @@ ANSWER_S = 60.0
 TO_MERCATOR = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
 
 
-def node_command() -> list[str]:
-    script = Path(sys.executable).parent / "localize_node"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mobilegeo_ros.ros.node"]
 
-
-def node_env() -> dict:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def _wait(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _dem_height(x, y):
@@ -107,18 +87,8 @@ def setup():
 
 @pytest.fixture(scope="module")
 def client():
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    node = rclpy.create_node("altitude_test_client", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-    thread.join(5)
+    with spinning_client("altitude_test_client", DOMAIN_ID) as node:
+        yield node
 
 
 def _udp_socket():
@@ -148,7 +118,7 @@ class NodeUnderTest:
              "node.mavlink_enabled": "true", "node.mavlink_port": self.mav.getsockname()[1], **params}
         cmd = node_command() + ["--ros-args"] + head_args + [a for k, v in p.items() for a in ("-p", f"{k}:={v}")]
         cmd += ["-r", f"__ns:=/{ns}"]
-        self.proc = subprocess.Popen(cmd, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, env=node_env(DOMAIN_ID), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lock = threading.Lock()
         self.fixes, self.poses = [], []
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -165,7 +135,7 @@ class NodeUnderTest:
         return cb
 
     def wait_ready(self):
-        _wait(lambda: self.proc.poll() is not None or (
+        wait_for(lambda: self.proc.poll() is not None or (
             self.pub_image.get_subscription_count() > 0 and self.pub_range.get_subscription_count() > 0
             and self.client.count_publishers(f"/{self.ns}/localize_node/fix") > 0), STARTUP_S, f"node {self.ns}")
         assert self.proc.poll() is None, self.proc.communicate()[1]
@@ -189,7 +159,7 @@ class NodeUnderTest:
                 self.pub_image.publish(img)
                 sent[0] = time.monotonic()
             return hit
-        fix = _wait(find, ANSWER_S, f"{self.ns}'s fix stamped {sec}")
+        fix = wait_for(find, ANSWER_S, f"{self.ns}'s fix stamped {sec}")
         time.sleep(0.5)  # the datagrams leave right after the fix is published
         with self.lock:
             pose = next((m for m in self.poses if m.header.stamp == stamp), None)
@@ -288,7 +258,7 @@ def test_unusable_dem_file_stops_the_start_up(setup, tmp_path):
         dst.write(np.zeros((8, 8), "float32"), 1)
     cmd = node_command() + ["--ros-args", "-p", f"index_dir:={setup.index_dir}",
                             "-p", f"node.dem_file:={bad}"]
-    r = subprocess.run(cmd, env=node_env(), capture_output=True, text=True, timeout=STARTUP_S)
+    r = subprocess.run(cmd, env=node_env(DOMAIN_ID), capture_output=True, text=True, timeout=STARTUP_S)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("[INFO]")]  # "starting: ..."
     assert len(lines) == 1 and "start-up refused: node.dem_file" in lines[0], r.stderr

@@ -15,13 +15,10 @@ A Range outside its own [min_range, max_range] is a counted prior error in /diag
 """
 
 import math
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -29,17 +26,16 @@ rclpy = pytest.importorskip("rclpy")
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, Imu, NavSatFix, NavSatStatus, Range  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
 
 from mobilegeo_ros.io.images import encode_image  # noqa: E402
 from mobilegeo_ros.ros.pipeline import heading_to_quaternion  # noqa: E402
+from ros_harness import node_command, node_env, spinning_client, wait_for  # noqa: E402
 from synthetic_world import render_views, synthetic_setup  # noqa: E402
 
 DOMAIN_ID = 75
-REPO = Path(__file__).resolve().parents[1]
 GROUND_ALT = 1500.0  # node.ground_alt_m: ground height above the WGS84 ellipsoid
 T0 = 1_700_002_000  # image stamps of A and B (a real UTC time)
 # The node process loads torch, the model and the index before it subscribes: measured 40 s on 2 CPU cores shared
@@ -48,26 +44,7 @@ STARTUP_S = 120.0
 ANSWER_S = 60.0
 
 
-def node_command() -> list[str]:
-    """The installed console script when present (as users run it), else the module."""
-    script = Path(sys.executable).parent / "localize_node"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mobilegeo_ros.ros.node"]
 
-
-def node_env() -> dict:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def _wait(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _stamp(t_s: float) -> Time:
@@ -112,18 +89,8 @@ def setup():
 
 @pytest.fixture(scope="module")
 def client():
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    node = rclpy.create_node("prior_stamps_test_client", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-    thread.join(5)
+    with spinning_client("prior_stamps_test_client", DOMAIN_ID) as node:
+        yield node
 
 
 def test_priors_are_matched_to_the_image_stamp(setup, client):
@@ -133,7 +100,7 @@ def test_priors_are_matched_to_the_image_stamp(setup, client):
               "node.ground_alt_m": GROUND_ALT, "node.prior_timeout_s": 2.0, "node.diagnostics_period_s": 0.25,
               "node.stale_timeout_s": 30.0}
     cmd = node_command() + ["--ros-args"] + [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
-    proc = subprocess.Popen(cmd, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=node_env(DOMAIN_ID), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     lock = threading.Lock()
     fixes, diags = [], []
@@ -151,7 +118,7 @@ def test_priors_are_matched_to_the_image_stamp(setup, client):
             "altitude_range": client.create_publisher(Range, "altitude_range", reliable),
             "altitude": client.create_publisher(Float64, "altitude", reliable)}
     try:
-        _wait(lambda: proc.poll() is not None or (all(p.get_subscription_count() > 0 for p in pubs.values())
+        wait_for(lambda: proc.poll() is not None or (all(p.get_subscription_count() > 0 for p in pubs.values())
                                                    and client.count_publishers("/localize_node/fix") > 0),
               STARTUP_S, "the node's subscriptions")
         assert proc.poll() is None, proc.communicate()[1]
@@ -169,7 +136,7 @@ def test_priors_are_matched_to_the_image_stamp(setup, client):
                     pubs["image"].publish(_image(rgb, t_s))
                     sent[0] = time.monotonic()
                 return hit
-            return _wait(find, ANSWER_S, f"the node's answer to the image stamped {t_s}")
+            return wait_for(find, ANSWER_S, f"the node's answer to the image stamped {t_s}")
 
         # A: samples around the image stamp, all published before the image
         ta = T0 + 0.25
@@ -219,7 +186,7 @@ def test_priors_are_matched_to_the_image_stamp(setup, client):
                     if int(values.get("prior_errors", "0")) >= 1:
                         return values
             return None
-        values = _wait(prior_error, 10, "prior_errors in /diagnostics")
+        values = wait_for(prior_error, 10, "prior_errors in /diagnostics")
         assert "altitude_range" in values["last_error"] and "outside the sensor" in values["last_error"]
         assert proc.poll() is None
     finally:
