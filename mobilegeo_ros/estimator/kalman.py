@@ -163,9 +163,11 @@ class ConstantVelocityFilter:
             return self._result("rejected", d2)
         K = P_pred @ H.T @ np.linalg.inv(S)
         self.x = x_pred + K @ y
-        # Joseph form keeps P symmetric positive definite
+        # Joseph form keeps P positive definite; the products leave round-off asymmetry (seen at ~1e-9 relative with a
+        # near-singular 4e7 m² measurement covariance), removed by symmetrising
         IKH = np.eye(4) - K @ H
-        self.P = IKH @ P_pred @ IKH.T + K @ R @ K.T
+        P = IKH @ P_pred @ IKH.T + K @ R @ K.T
+        self.P = 0.5 * (P + P.T)
         self.t = t
         self.consecutive_rejections = 0
         self.counts["updates"] += 1
