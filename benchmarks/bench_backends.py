@@ -101,7 +101,7 @@ def bench_baselines(args: argparse.Namespace, tmp: Path) -> list[dict]:
         r0 = int(top[0, 0])
         hits.append(bool(tile_contains(cols["center_e"][r0], cols["center_n"][r0], cols["size_m"][r0], ce, cn)))
         errors.append(math.hypot(fix.easting - pose.easting, fix.northing - pose.northing)
-                      if fix.status == "fix" else math.nan)
+                      if fix.status.is_fix else math.nan)
     summarise("ImageNet MobileNetV2-GeM (= student, untrained) ORT", hits, errors, times,
               "Localizer retrieval only, no heading prior")
 

@@ -85,7 +85,7 @@ def main() -> int:
                                       float(ce), float(cn)))
             errs.append(math.hypot(fix.easting - pose.easting, fix.northing - pose.northing))
             sig.append(fix.sigma_m)
-            ok.append(fix.status == "fix")
+            ok.append(fix.status.is_fix)
             lat.append(fix.latency_s)
         s = summarize_errors(np.array(errs), np.array(sig), np.array(ok))
         results.append({"heading": heading, "vectors": loc.index.ntotal, "build_s": t_build,

@@ -76,7 +76,7 @@ def register_timed(ref: Refiner, query, e, n, half):
     qi, wi = ref.matcher.match(query.features, feats, query.match_size_px, box)
     t2 = time.perf_counter()
     reg = fit_and_verify(query.features, feats, qi, wi, ref.cfg, query.view_to_match,
-                         _level_to_map(ref.ortho, query.level), (query.width_px, query.height_px), query.gsd_m,
+                         _level_to_map(ref.map, query.level), (query.width_px, query.height_px), query.gsd_m,
                          query.gsd_known, None, (e, n, half), consistency_filters=ref.matcher.oriented)
     return reg, t1 - t0, t2 - t1, time.perf_counter() - t2
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ref.map_features.ensure_level(0)
         t_level = time.perf_counter() - t0
-        print(f"[{name}] map features of level 0: {'loaded' if 0 in ref.map_features.levels_loaded else 'computed'}"
+        print(f"[{name}] map features of level 0: {'loaded' if ref.map_features.chunks_loaded else 'computed'}"
               f" in {t_level:.1f} s ({ref.map_features.blocks_computed} blocks computed)", flush=True)
         correct, wrong_far, wrong_near, t_q, t_map, t_match, t_fit = [], [], [], [], [], [], []
         ok_at_default, n_true = 0, 0

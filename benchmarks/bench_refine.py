@@ -107,7 +107,7 @@ def main() -> int:
     loc_ret = Localizer(loc_ref.index, loc_ref.model, cfg_ret)
     t0 = time.perf_counter()
     refiner = loc_ref.refiner()
-    left, bottom, right, top = refiner.ortho.bounds
+    left, bottom, right, top = refiner.map.bounds
     refiner.map_features.window(0, (left + right) / 2, (bottom + top) / 2, 1e7)  # fill the keypoint cache
     t_warm = time.perf_counter() - t0
 
@@ -131,17 +131,17 @@ def main() -> int:
                         hfov_deg=camera.hfov_deg)
         fix = loc_ret.localize([img], priors)
         add("a", math.hypot(fix.easting - pose.easting, fix.northing - pose.northing), fix.sigma_m,
-            fix.status == "fix", fix.latency_s)
+            fix.status.is_fix, fix.latency_s)
         for key, feats in (("b", "sift"), ("c", "orb")):
             reg = register_window(img, map_ortho, pose.easting, pose.northing, BASELINE_WINDOW_M, matcher=feats)
             e, n = drone_position(reg, pose) if math.isfinite(reg.center_e) else (math.nan, math.nan)
             add(key, math.hypot(e - pose.easting, n - pose.northing), reg.sigma_m, reg.ok, reg.time_s)
         fix = loc_ref.localize([img], priors)
         add("d", math.hypot(fix.easting - pose.easting, fix.northing - pose.northing), fix.sigma_m,
-            fix.status == "fix", fix.latency_s, fix.refined)
+            fix.status.is_fix, fix.latency_s, fix.refined)
         fix = loc_ref.localize([img])
         ce, cn = image_to_ground(pose, camera, camera.width_px / 2, camera.height_px / 2)
-        add("e", math.hypot(fix.easting - float(ce), fix.northing - float(cn)), fix.sigma_m, fix.status == "fix",
+        add("e", math.hypot(fix.easting - float(ce), fix.northing - float(cn)), fix.sigma_m, fix.status.is_fix,
             fix.latency_s, fix.refined)
 
     names = {

@@ -10,11 +10,17 @@ another date (0.3 m), as in the README demo.
 
 For every size (``--areas``, km²) the mosaic is written (cached, outside the repository: it derives from dgsamples,
 whose licence forbids committing it), indexed by ``mobilegeo build-index`` in a child process (wall time and its peak
-RSS), a fresh process loads the index and the model as the node does (start time, RSS), and ``--views`` views are
-localized without and with a search gate (a GNSS prior up to ``--prior-error-m`` off, radius ``--gate-radius-m``):
-R@1/5/10 of retrieval, fix rate, wrong fixes (> 50 m), median error and the retrieval search latency.
+RSS; ``--reuse-index`` keeps an index built by an earlier run and its recorded build figures), a fresh process loads
+the index and the model as the node does (start time, RSS), and another child localizes ``--views`` views without and
+with a search gate (a GNSS prior up to ``--prior-error-m`` off, radius ``--gate-radius-m``): R@1/5/10 of retrieval,
+fix rate, wrong fixes (> 50 m), median error, the retrieval search latency, and that child's peak RSS (the node's
+path: index, model, registration on the map read window by window; plus the 0.3 m WV-3 scene the views are rendered
+from, ~200 MiB a node does not hold). ``--heading query_rotations`` stores one north-up copy per tile (8× fewer
+vectors than ``gallery_rotations``); with ``--yaw-sigma-deg`` every view carries an IMU yaw prior that far off
+(Gaussian), as a flying drone has.
 
     .venv/bin/python benchmarks/bench_scale.py --areas 1,10 --views 40 --json /tmp/bench_scale.json
+    .venv/bin/python benchmarks/bench_scale.py --areas 100 --views 200 --heading query_rotations --yaw-sigma-deg 5
 
 Prints a Markdown table; the machine's load average is printed with it (timings on a shared machine are indicative).
 """
@@ -132,8 +138,8 @@ def dir_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def evaluate(index_dir: Path, cfg: Config, n_views: int, seed: int, gate_radius_m: float, prior_error_m: float
-             ) -> dict:
+def evaluate(index_dir: Path, cfg: Config, n_views: int, seed: int, gate_radius_m: float, prior_error_m: float,
+             yaw_sigma_deg: float | None = None) -> dict:
     """R@k, fixes and latencies of ``n_views`` WV-3 views, without and with a gate."""
     from mobilegeo_ros.eval.localization import recall_at_k, tile_contains
     from mobilegeo_ros.geo import dgsamples
@@ -151,10 +157,13 @@ def evaluate(index_dir: Path, cfg: Config, n_views: int, seed: int, gate_radius_
         hits, fixes, wrong, errors, search_ms, rows_searched = [], 0, 0, [], [], []
         prior_rng = np.random.default_rng(seed + 1)
         view_rng = np.random.default_rng(seed + 2)
+        yaw_rng = np.random.default_rng(seed + 3)
         for pose in poses:
             image = photometric(render_view(drone_map, pose, camera), view_rng, cfg.render)
             priors = Priors(pitch_deg=pose.pitch_deg, roll_deg=pose.roll_deg, altitude_m=pose.altitude_m,
                             hfov_deg=camera.hfov_deg)
+            if yaw_sigma_deg is not None:
+                priors.yaw_deg = float((pose.yaw_deg + yaw_rng.normal(0.0, yaw_sigma_deg)) % 360.0)
             if gated:
                 a = prior_rng.uniform(0, 2 * math.pi)
                 d = prior_error_m * math.sqrt(prior_rng.uniform())
@@ -190,17 +199,34 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="onnxruntime", help="embedding backend of the build and the queries")
     ap.add_argument("--kind", default="auto", help="index.kind of the build (auto: flat while <= 512 MiB)")
+    ap.add_argument("--heading", default="gallery_rotations", choices=["gallery_rotations", "query_rotations", "none"],
+                    help="index.heading of the build")
+    ap.add_argument("--yaw-sigma-deg", type=float, default=None,
+                    help="give every view a yaw prior with this Gaussian error (degrees); default: no yaw prior")
+    ap.add_argument("--reuse-index", action="store_true",
+                    help="keep an index an earlier run built (same settings) and report its recorded build figures")
+    ap.add_argument("--evaluate-index", type=Path, help=argparse.SUPPRESS)  # internal: the evaluation child
+    ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--gate-radius-m", type=float, default=300.0, help="search gate radius (node default 300 m)")
     ap.add_argument("--prior-error-m", type=float, default=100.0, help="GNSS prior error, uniform in a disc")
     ap.add_argument("--cache", type=Path, default=None, help="where mosaics and indexes go (outside the repo)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
+    if args.evaluate_index:  # the evaluation child: one JSON line
+        from mobilegeo_ros.config import load_config
+
+        print(json.dumps(evaluate(args.evaluate_index, load_config(args.config), args.views, args.seed,
+                                  args.gate_radius_m, args.prior_error_m, args.yaw_sigma_deg)))
+        return 0
+
     from mobilegeo_ros.demo import default_cache_dir
 
     cache = args.cache or default_cache_dir() / "bench_scale"
-    cfg = from_dict({"model": {"backend": args.backend, "num_threads": 2}, "index": {"kind": args.kind}})
-    cfg_path = cache / f"config-{args.backend}-{args.kind}.json"
+    cfg = from_dict({"model": {"backend": args.backend, "num_threads": 2},
+                     "index": {"kind": args.kind, "heading": args.heading}})
+    tag = f"{args.backend}-{args.kind}-{args.heading}"
+    cfg_path = cache / f"config-{tag}.json"
     cache.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(json.dumps(to_dict(cfg)))  # JSON is YAML
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
@@ -209,38 +235,50 @@ def main() -> int:
         t = time.perf_counter()
         mosaic, layout = write_mosaic(area, cache, args.seed)
         mosaic_s = time.perf_counter() - t
-        index_dir = cache / f"index-{area}km2-{args.backend}-{args.kind}"
-        shutil.rmtree(index_dir, ignore_errors=True)  # a fresh build (the last run's map features are in it)
-        load_before = os.getloadavg()
-        build_s, build_rss, _ = run_measured([sys.executable, "-c", "import sys; from mobilegeo_ros.cli import main; "
-                                              "sys.exit(main())", "build-index", str(mosaic), "--out",
-                                              str(index_dir), "--config", str(cfg_path), "--quiet"], env)
-        load_build = os.getloadavg()
+        index_dir = cache / f"index-{area}km2-{tag}"
+        build_json = index_dir.with_name(index_dir.name + ".build.json")
+        if args.reuse_index and (index_dir / "index.json").is_file() and build_json.is_file():
+            build = json.loads(build_json.read_text())
+        else:
+            shutil.rmtree(index_dir, ignore_errors=True)  # a fresh build (the last run's map features are in it)
+            load_before = os.getloadavg()
+            build_s, build_rss, _ = run_measured([sys.executable, "-c", "import sys; from mobilegeo_ros.cli import "
+                                                  "main; sys.exit(main())", "build-index", str(mosaic), "--out",
+                                                  str(index_dir), "--config", str(cfg_path), "--quiet"], env)
+            build = {"build_s": build_s, "build_peak_rss_mib": build_rss, "load_avg_before_build": load_before[0],
+                     "load_avg_after_build": os.getloadavg()[0], "index_mib": dir_mib(index_dir)}
+            build_json.write_text(json.dumps(build))
         start_code = ("import time; t = time.perf_counter(); from mobilegeo_ros.config import load_config; "
                       "from mobilegeo_ros.localizer import Localizer; "
                       f"loc = Localizer.from_files({str(index_dir)!r}, load_config({str(cfg_path)!r})); "
                       "print(time.perf_counter() - t)")
         _, start_rss, start_out = run_measured([sys.executable, "-c", start_code], env)
         meta = json.loads((index_dir / "index.json").read_text())
+        eval_cmd = [sys.executable, str(Path(__file__).resolve()), "--evaluate-index", str(index_dir), "--config",
+                    str(cfg_path), "--views", str(args.views), "--seed", str(args.seed), "--gate-radius-m",
+                    str(args.gate_radius_m), "--prior-error-m", str(args.prior_error_m)]
+        if args.yaw_sigma_deg is not None:
+            eval_cmd += ["--yaw-sigma-deg", str(args.yaw_sigma_deg)]
+        eval_s, eval_rss, eval_out = run_measured(eval_cmd, env)
         row = {"area_km2": area, "grid": [layout["rows"], layout["cols"]], "mosaic_s": mosaic_s,
                "tiles": meta["counts"]["tiles"], "vectors": meta["counts"]["vectors"], "kind": meta["kind"],
-               "build_s": build_s, "embeddings_per_s": meta["counts"]["vectors"] / build_s,
-               "build_peak_rss_mib": build_rss, "index_mib": dir_mib(index_dir),
+               "heading": args.heading, "yaw_sigma_deg": args.yaw_sigma_deg, **build,
+               "embeddings_per_s": meta["counts"]["vectors"] / build["build_s"],
                "node_start_s": float(start_out.strip().splitlines()[-1]), "node_start_rss_mib": start_rss,
-               "load_avg_before_build": load_before[0], "load_avg_after_build": load_build[0],
-               **evaluate(index_dir, cfg, args.views, args.seed, args.gate_radius_m, args.prior_error_m)}
+               "eval_s": eval_s, "eval_peak_rss_mib": eval_rss,
+               **json.loads(eval_out.strip().splitlines()[-1])}
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nmachine: {os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f} (shared; timings indicative)")
     print("| km² | tiles × rot | kind | build | emb/s | build peak RSS | index | node start (RSS) | "
-          "R@1/5/10 | fix rate | wrong | search p50 | R@1/5/10 gated | fix rate gated | wrong gated | "
-          "search p50 gated (rows) |")
-    print("|" + "---|" * 16)
+          "localize peak RSS | R@1/5/10 | fix rate | wrong | search p50 | R@1/5/10 gated | fix rate gated | "
+          "wrong gated | search p50 gated (rows) |")
+    print("|" + "---|" * 17)
     for r in results:
         a, b = r["no_gate"], r["gate"]
         print(f"| {r['area_km2']} | {r['tiles']} × {r['vectors'] // r['tiles']} | {r['kind']} | {r['build_s']:.0f} s | "
               f"{r['embeddings_per_s']:.0f} | {r['build_peak_rss_mib']:.0f} MiB | {r['index_mib']:.1f} MiB | "
-              f"{r['node_start_s']:.1f} s ({r['node_start_rss_mib']:.0f} MiB) | "
+              f"{r['node_start_s']:.1f} s ({r['node_start_rss_mib']:.0f} MiB) | {r['eval_peak_rss_mib']:.0f} MiB | "
               f"{a['recall@1']:.0f}/{a['recall@5']:.0f}/{a['recall@10']:.0f} % | {100 * a['fix_rate']:.0f} % | "
               f"{a['wrong_fixes']} | {a['search_ms_p50']:.1f} ms | "
               f"{b['recall@1']:.0f}/{b['recall@5']:.0f}/{b['recall@10']:.0f} % | {100 * b['fix_rate']:.0f} % | "

@@ -1,7 +1,7 @@
 """Start the mobilegeo_ros localize_node.
 
     ros2 launch mobilegeo_ros localize.launch.py index_dir:=/path/to/index [config_file:=my.yaml] [model:=w.safetensors]
-        [backend:=torch|onnxruntime] [namespace:=drone1] [image_topic:=/camera/image_raw]
+        [backend:=auto|torch|onnxruntime|tensorrt] [namespace:=drone1] [image_topic:=/camera/image_raw]
         [image_transport:=raw|compressed] [use_sim_time:=true]
 
 config_file defaults to the installed share/mobilegeo_ros/config/localize.yaml; the node loads it with the same loader
@@ -29,7 +29,8 @@ ARGS = {
     "config_file": ("", "YAML config (ROS parameter file or nested layout); empty = the installed localize.yaml"),
     "index_dir": ("", "tile index directory (mobilegeo build-index output); required"),
     "model": ("", "model weights file (model.weights); empty = keep the config file's value"),
-    "backend": ("", "inference backend torch | onnxruntime | tensorrt (model.backend); empty = keep the config's"),
+    "backend": ("", "inference backend auto | torch | onnxruntime | tensorrt (model.backend); empty = keep the "
+                    "config's"),
     "namespace": ("", "ROS namespace of the node"),
     "image_topic": ("image", "camera topic remapped to the node's image input (camera_info: its sibling)"),
     "image_transport": ("", "raw | compressed (node.image_transport); empty = keep the config's"),

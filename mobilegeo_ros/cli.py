@@ -54,7 +54,7 @@ def _config(path: str | None) -> Config:
 
 def _add_backend_option(p: argparse.ArgumentParser) -> None:
     """``--backend``/``--device``/``--precision`` for the verbs that embed images (override the model section)."""
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"],
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"],
                    help="inference backend (overrides model.backend); an unavailable one fails at start naming the "
                         "missing package")
     p.add_argument("--device", help="inference device, e.g. cpu, cuda, cuda:0 (overrides model.device)")

@@ -73,7 +73,8 @@ class ModelConfig:
                              "student models/student.safetensors (else the ImageNet MobileNetV2)")
     input_px: int = _f(224, "square input size fed to the network, pixels", min=32, max=1024)
     gem_p: float = _f(3.0, "GeM pooling exponent p (1 = average pooling, large = max pooling)", min=1.0, max=10.0)
-    backend: str = _f("torch", "inference backend: torch | onnxruntime | tensorrt")
+    backend: str = _f("auto", "inference backend: auto (onnxruntime for fp32 on the CPU when installed, the fastest "
+                              "here; else torch) | torch | onnxruntime | tensorrt")
     device: str = _f("cpu", "torch device (cpu, cuda, cuda:0)")
     precision: str = _f("fp32", "inference precision: fp32 | fp16 (torch on CUDA, tensorrt) | int8 (tensorrt, "
                                 "calibrated engine)")
@@ -147,6 +148,9 @@ class RefineConfig:
     block_px: int = _f(256, "map keypoints are detected once per square block of this side (cached), pixels",
                        min=64, max=4096)
     block_features: int = _f(1000, "keypoints kept per map block (strongest first)", min=16, max=100000)
+    map_cache_mib: float = _f(512.0, "memory for map keypoints held at once, MiB (least recently used chunks of "
+                                     "blocks are dropped beyond it and read again from INDEX_DIR/map_features)",
+                              min=1.0)
     window_margin_m: float = _f(20.0, "extra ground margin around tile + view footprint in the map window, metres",
                                 min=0.0)
     ratio: float = _f(0.9, "Lowe ratio test: best / second-best descriptor distance below this", min=0.1, max=1.0)
@@ -190,8 +194,8 @@ class RefineConfig:
     map_path: str = _f("", "orthophoto used for registration; empty = the map recorded in the index (index.json), "
                            "read with the map settings the index was built with")
     map_features_at_build: bool = _f(False, "mobilegeo build-index also detects the map-side features of "
-                                            "refine.matcher for every pyramid level (INDEX_DIR/map_features); false "
-                                            "= each level on first use")
+                                            "refine.matcher for every pyramid level registration uses "
+                                            "(INDEX_DIR/map_features); false = each block on first use")
 
 
 @dataclass
@@ -352,7 +356,7 @@ class Config:
     def validate(self) -> Config:
         """Check cross-field constraints and choices; returns self or raises :class:`ConfigError`."""
         choices = {
-            "model.backend": (self.model.backend, ("torch", "onnxruntime", "tensorrt")),
+            "model.backend": (self.model.backend, ("auto", "torch", "onnxruntime", "tensorrt")),
             "model.name": (self.model.name, ("mobilenetv2_gem",)),
             "index.kind": (self.index.kind, ("flat", "ivf", "ivf_pq", "hnsw", "auto")),
             "index.heading": (self.index.heading, ("gallery_rotations", "query_rotations", "none")),

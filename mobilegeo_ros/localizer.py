@@ -50,6 +50,7 @@ from mobilegeo_ros.estimator.status import FixStatus, RegistrationOutcome, decid
 from mobilegeo_ros.geo.imageops import center_square, rotate_to_heading
 from mobilegeo_ros.geo.raster import GeoError, read_orthophoto
 from mobilegeo_ros.geo.render import CameraModel, CameraPose, image_to_ground
+from mobilegeo_ros.geo.windowed import WindowedMap, opens_windowed
 from mobilegeo_ros.index.facts import IndexFacts, use_runtime_config
 from mobilegeo_ros.index.tile_index import (
     IndexMismatchError,
@@ -507,23 +508,27 @@ class Localizer:
                 if source > 0:
                     cache_dir = cache_dir / f"source-{source}"
                 map_identity = refine_map_identity(sha, map_cfg)
-            if source == 0:
-                ortho = read_orthophoto(path, map_cfg)
-            else:
-                from mobilegeo_ros.geo.windowed import WindowedMap
-
-                with WindowedMap(path, map_cfg, target_crs=CRS.from_wkt(self.index.crs_wkt)) as wm:
-                    ortho = wm.read_window(0, 0, wm.width, wm.height)
-            self._refiners[source] = Refiner(ortho, self.cfg.refine, cache_dir=cache_dir, map_identity=map_identity)
+            # The map is read window by window (bounded memory whatever its size); a pansharpened map is read whole.
+            target = CRS.from_wkt(self.index.crs_wkt) if source > 0 else None
+            source_map = WindowedMap(path, map_cfg, target_crs=target) if opens_windowed(map_cfg) \
+                else read_orthophoto(path, map_cfg)
+            self._refiners[source] = Refiner(source_map, self.cfg.refine, cache_dir=cache_dir,
+                                             map_identity=map_identity)
         return self._refiners[source]
 
     def map_loads(self) -> int:
         """One-time map loads done so far, over the index's map files: 1 for reading a file for registration, plus one
-        per map-feature pyramid level read from ``INDEX_DIR/map_features`` and one per map block whose keypoints were
+        per map-feature chunk file read from ``INDEX_DIR/map_features`` and one per map block whose keypoints were
         detected; 0 before the first registration. A frame during which this grows paid a start-up cost
         (:meth:`mobilegeo_ros.tracker.Tracker.warm_up` pays them before the first frame)."""
-        return sum(1 + len(r.map_features.levels_loaded) + r.map_features.blocks_computed
+        return sum(1 + r.map_features.chunks_loaded + r.map_features.blocks_computed
                    for r in self._refiners.values())
+
+    def close(self) -> None:
+        """Close the map files opened for registration (idempotent; a later registration opens them again)."""
+        for refiner in self._refiners.values():
+            refiner.close()
+        self._refiners.clear()
 
     def _finish(self, est: RetrievalEstimate, priors: Priors, image: np.ndarray | None) -> Fix:
         """Retrieval estimate (+ the newest view to register, or None) -> :class:`Fix`, status by

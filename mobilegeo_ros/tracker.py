@@ -334,7 +334,8 @@ class _Worker:
 class WarmUp:
     """What :meth:`Tracker.warm_up` did: ``seconds`` of wall time, the ``status`` and ``reason`` of its first frame
     (``verified`` when the view cut from the map registered: the whole path ran), ``map_levels`` map-feature pyramid
-    levels made ready, ``map_loads`` (:meth:`mobilegeo_ros.localizer.Localizer.map_loads`) after it."""
+    levels made ready (those of at most ``WARM_UP_MAX_CHUNKS`` chunks), ``map_loads``
+    (:meth:`mobilegeo_ros.localizer.Localizer.map_loads`) after it."""
 
     seconds: float
     status: FixStatus
@@ -345,6 +346,9 @@ class WarmUp:
 
 #: Ground distance between the two warm-up frames (the second is tracked), metres.
 WARM_UP_STEP_M = 1.0
+#: The warm-up readies the map-feature levels of at most this many chunks (``refine.CHUNK_BLOCKS``² blocks each): all
+#: levels of a map of a few km², the coarse ones of a large map.
+WARM_UP_MAX_CHUNKS = 16
 
 
 @dataclass
@@ -404,20 +408,23 @@ class Tracker:
         if self._worker is not None:
             self._worker.close()
         self.ground.close()
+        self.loc.close()
 
     def warm_up(self, timeout_s: float = 60.0) -> WarmUp:
         """Run the real path once before the first camera frame, then forget it (the node calls this before it
         announces ready).
 
-        Without it the first frame pays the one-time costs, seconds on a real map: reading the orthophoto, the
-        map-side keypoints of a pyramid level (read from ``INDEX_DIR/map_features``, or detected over the whole level
-        and cached there), the model's first forward pass, the first faiss search. Here every map-feature level is
-        made ready (so no later altitude change stalls a frame either), then a nadir view cut from the map itself
-        over the index's centre (the ``render`` camera: ``render.image_width_px`` × ``render.image_height_px``,
-        ``render.hfov_deg``, at the altitude where the view's central square spans the index's smallest tile, as
-        retrieval expects; a textured noise image when ``refine.enabled`` is false and no map is read) goes through :meth:`process` (retrieval, registration, pose, filter) and a second
-        view ``WARM_UP_STEP_M`` east is tracked (optical flow). Last, :meth:`reset` forgets the track, the filter,
-        the window, the counts and any keyframe job (waited for up to ``timeout_s``): the warm-up leaves nothing
+        Without it the first frame pays the one-time costs, seconds on a real map: reading the orthophoto, the map-side
+        keypoints (read from ``INDEX_DIR/map_features``, or detected block by block and cached there), the model's first
+        forward pass, the first faiss search. Here every map-feature level of at most ``WARM_UP_MAX_CHUNKS`` chunks is
+        made ready (all of a small map's, so no later altitude change stalls a frame either; on a large map the fine
+        levels are read or detected where the drone flies), then a nadir view cut from the map itself over the index's
+        centre (the ``render`` camera: ``render.image_width_px`` × ``render.image_height_px``, ``render.hfov_deg``, at
+        the altitude where the view's central square spans the index's smallest tile, as retrieval expects; a textured
+        noise image when ``refine.enabled`` is false and no map is read) goes through :meth:`process` (retrieval,
+        registration, pose, filter) and a second view ``WARM_UP_STEP_M`` east is tracked (optical flow). Last,
+        :meth:`reset` forgets the track, the filter, the window, the counts and any keyframe job (waited for up to
+        ``timeout_s``): the warm-up leaves nothing
         behind. Exceptions (an unreadable map, a map-feature cache of another map) propagate.
         """
         t0 = time.perf_counter()
@@ -427,12 +434,16 @@ class Tracker:
         levels = 0
         if self.cfg.refine.enabled:
             for source in range(len(self.loc.sources)):  # every map file of the index
-                refiner = self.loc.refiner(source)
-                for level in range(refiner.ortho.max_pyramid_level + 1):
-                    refiner.map_features.ensure_level(level)
-                levels += refiner.ortho.max_pyramid_level + 1
-            ortho = self.loc.refiner().ortho
+                features = self.loc.refiner(source).map_features
+                for level in range(features.max_level + 1):
+                    rows, cols = features.chunk_grid(level)
+                    if rows * cols <= WARM_UP_MAX_CHUNKS:
+                        features.ensure_level(level)
+                        levels += 1
             e, n = self.loc.wgs84_to_map(self.loc.origin_lat, self.loc.origin_lon)
+            # the nadir views' footprints (half diagonal) plus the step, and a margin for the pyramid's blur
+            reach = alt * math.hypot(cam.width_px, cam.height_px) / (2.0 * cam.focal_px) + WARM_UP_STEP_M + 20.0
+            ortho = self.loc.refiner().map_window(e, n, reach)
             views = [render_view(ortho, CameraPose(e + de, n, alt, 0.0), cam) for de in (0.0, WARM_UP_STEP_M)]
         else:
             rng = np.random.default_rng(0)

@@ -124,7 +124,7 @@ def test_calibration_batches_come_from_the_map(tmp_path):
 
 
 def test_onnx_flop_count_matches_torch_flop_counter(exported):
-    model = load_model(ModelConfig(input_px=PX))
+    model = load_model(ModelConfig(input_px=PX, backend="torch"))
     f_torch = torch_flops(model.module, PX)
     assert f_torch == onnx_flops(exported, (1, 3, PX, PX))
     assert onnx_flops(exported, (4, 3, PX, PX)) == 4 * f_torch

@@ -8,7 +8,7 @@ from mobilegeo_ros.config import Config, ConfigError, describe, flatten, from_di
 def test_defaults_validate_and_round_trip_through_flat_keys():
     cfg = Config().validate()
     flat = flatten(cfg)
-    assert flat["model.backend"] == "torch"
+    assert flat["model.backend"] == "auto"
     assert from_flat(flat) == cfg
     assert set(describe()) == set(flat)
     assert all(d["help"] for d in describe().values())

@@ -171,11 +171,12 @@ def test_map_feature_cache_is_written_then_loaded(ortho, tmp_path):
     cache = tmp_path / "map_features"
     first = Refiner(ortho, _cfg("xfeat"), cache_dir=cache)
     reg1, level = _register_once(first, ortho)
-    assert reg1.ok and first.map_features.blocks_computed > 0 and not first.map_features.levels_loaded
-    assert (cache / "xfeat" / f"level{level}.npz").is_file() and (cache / "xfeat" / "fingerprint.json").is_file()
+    assert reg1.ok and first.map_features.blocks_computed > 0 and first.map_features.chunks_loaded == 0
+    chunks = sorted((cache / "xfeat" / f"level{level}").glob("chunk_*.npz"))
+    assert chunks and (cache / "xfeat" / "fingerprint.json").is_file()
     second = Refiner(ortho, _cfg("xfeat"), cache_dir=cache)
     reg2, _ = _register_once(second, ortho)
-    assert second.map_features.levels_loaded == {level} and second.map_features.blocks_computed == 0
+    assert second.map_features.chunks_loaded == len(chunks) and second.map_features.blocks_computed == 0
     box = [second.map_features.window_px(level, *ortho.pixel_to_map(320, 320), 100.0)]
     f1, f2 = first.map_features.gather(level, box), second.map_features.gather(level, box)
     assert len(f1) > 100

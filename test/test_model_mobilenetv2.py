@@ -15,9 +15,10 @@ import torchvision
 
 from mobilegeo_ros.config import ModelConfig
 from mobilegeo_ros.geo.synthetic import synthetic_rgb
-from mobilegeo_ros.model import ModelError, fingerprint, load_model
+from mobilegeo_ros.model import ModelError, fingerprint, load_model, resolve_backend
 from mobilegeo_ros.model.gem import GeM
 from mobilegeo_ros.model.mobilenetv2_gem import MobileNetV2GeM, MobileNetV2GeMNet
+from mobilegeo_ros.model.onnx_backend import OnnxRuntimeModel
 from mobilegeo_ros.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from mobilegeo_ros.model.weights import (
     load_state_dict_file,
@@ -224,7 +225,11 @@ def test_num_threads_set_when_constructed():
 
 
 def test_load_model_backends_and_errors():
-    assert isinstance(load_model(ModelConfig()), MobileNetV2GeM)
+    assert isinstance(load_model(ModelConfig(backend="torch")), MobileNetV2GeM)
+    # auto: ONNX Runtime for fp32 on the CPU (installed here), torch where it cannot serve
+    assert isinstance(load_model(ModelConfig()), OnnxRuntimeModel)
+    assert resolve_backend(ModelConfig()) == "onnxruntime"
+    assert resolve_backend(ModelConfig(device="cuda", precision="fp16")) == "torch"
     with pytest.raises(ModelError, match="tensorrt"):
         load_model(ModelConfig(backend="tensorrt"))
     with pytest.raises(ModelError, match="unknown backend"):

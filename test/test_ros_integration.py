@@ -345,14 +345,14 @@ def test_runtime_parameters_apply_and_read_only_ones_are_refused(setup, driver, 
         assert driver.stamped("fix_raw", T0 + 610) == []  # output switched off
         assert driver.set_param("node.publish_fix_raw", True)[0]
         # refused: read-only, out of range, not one of the choices; nothing changes
-        ok, reason = driver.set_param("model.backend", "onnxruntime")
+        ok, reason = driver.set_param("model.backend", "torch")
         assert not ok and "read-only" in reason
         ok, reason = driver.set_param("estimator.min_score", 5.0)
         assert not ok
         ok, reason = driver.set_param("node.image_transport", "mjpeg")
         assert not ok and "node.image_transport" in reason and "raw, compressed" in reason
         assert driver.get_param("estimator.min_score").double_value == pytest.approx(0.3)
-        assert driver.get_param("model.backend").string_value == "torch"
+        assert driver.get_param("model.backend").string_value == "auto"
     finally:
         driver.set_param("estimator.min_score", 0.3)
         driver.set_param("node.publish_fix_raw", True)

@@ -88,6 +88,11 @@ class Features:
     def take(self, idx: np.ndarray) -> Features:
         return Features(self.xy[idx], self.angle_deg[idx], self.size[idx], self.desc[idx])
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays, bytes."""
+        return int(self.xy.nbytes + self.angle_deg.nbytes + self.size.nbytes + self.desc.nbytes)
+
     @staticmethod
     def empty(desc_dim: int, desc_dtype: np.dtype) -> Features:
         return Features(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros((0, desc_dim), desc_dtype))

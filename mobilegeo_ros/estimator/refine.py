@@ -13,9 +13,10 @@ true*. For each of the top retrieved tiles the camera view is registered against
    ORIGINAL view pixels to the map.
 3. Features (``refine.matcher``, :mod:`.matchers`): OpenCV SIFT, ORB or AKAZE, or the learned XFeat, on
    contrast-equalised grey images (CLAHE, which evens out the date-to-date lighting). Map keypoints are detected
-   once per square block of a pyramid level and cached (in memory, and on disk beside the index when the
-   :class:`Refiner` is given a cache folder: :class:`MapFeatures`), so a query only pays for the view's keypoints
-   and the matching of the windows it visits.
+   once per square block of a pyramid level, read from the map window by window (a map file is never read whole),
+   and cached (in memory within ``refine.map_cache_mib``, and on disk beside the index when the :class:`Refiner` is
+   given a cache folder: :class:`MapFeatures`), so a query only pays for the view's keypoints and the matching of
+   the windows it visits.
 4. Matching: the matcher's own (ratio test for OpenCV, mutual nearest neighbour for XFeat, LighterGlue), then for
    matchers whose keypoints carry orientation and scale a keypoint-orientation consistency filter (all true
    matches rotate by the same angle, the camera heading) and a scale consistency filter.
@@ -47,6 +48,7 @@ import io
 import json
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,19 +62,38 @@ from mobilegeo_ros.estimator.matchers import (
     make_matcher,
     resolved_min_inliers,
 )
-from mobilegeo_ros.geo.raster import Orthophoto
+from mobilegeo_ros.geo.raster import MapGeometry, Orthophoto
 from mobilegeo_ros.util.files import atomic_write_bytes, atomic_write_text, file_sha256
 
 
-def equalise(rgb: np.ndarray) -> np.ndarray:
-    """RGB ``H×W×3 uint8`` -> CLAHE-equalised grey ``H×W uint8`` (the same for the view and the map)."""
+#: Blocks of a pyramid level are grouped into square chunks of this many blocks a side: one cache file each, loaded
+#: and evicted from memory together.
+CHUNK_BLOCKS = 8
+#: A map block is contrast-equalised (CLAHE) on itself plus this margin (pixels of its level) in tiles of
+#: ``CLAHE_TILE_PX``, so its keypoints depend only on its neighbourhood, never on how much of the map was read.
+CLAHE_MARGIN_PX = 128
+CLAHE_TILE_PX = 128
+#: Deepest pyramid level registration matches on: 16× the map's metres per pixel (a view from kilometres up on a
+#: 0.3 m map). A level-L block of a file-backed map is computed from ``4**L`` times its pixels at level 0.
+MAX_REGISTRATION_LEVEL = 4
+
+
+def equalise(rgb: np.ndarray, tile_px: int | None = None) -> np.ndarray:
+    """RGB ``H×W×3 uint8`` -> CLAHE-equalised grey ``H×W uint8``.
+
+    ``tile_px`` None: an 8×8 grid of tiles over the image (camera views); else tiles of about ``tile_px`` pixels
+    (map blocks, :data:`CLAHE_TILE_PX`)."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
+    if tile_px is None:
+        grid = (8, 8)
+    else:
+        grid = (max(1, round(grey.shape[1] / tile_px)), max(1, round(grey.shape[0] / tile_px)))
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=grid).apply(grey)
 
 
-def _level_to_map(ortho: Orthophoto, level: int) -> np.ndarray:
+def _level_to_map(grid: MapGeometry, level: int) -> np.ndarray:
     """3×3: continuous pixel of pyramid ``level`` -> map (e, n, 1)."""
-    return ortho.pixel_to_map_matrix() @ Orthophoto.pyramid_to_base(level)
+    return grid.pixel_to_map_matrix() @ MapGeometry.pyramid_to_base(level)
 
 
 class MapFeatureCacheError(RuntimeError):
@@ -80,7 +101,7 @@ class MapFeatureCacheError(RuntimeError):
 
 
 #: Version of the map-feature cache files (bumped when their layout or the detection changes).
-MAP_FEATURE_CACHE_FORMAT = 1
+MAP_FEATURE_CACHE_FORMAT = 2
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -101,68 +122,133 @@ def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
             if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
 
 
+ChunkKey = tuple[int, int, int]  # (level, chunk column, chunk row)
+
+
 class MapFeatures:
-    """Keypoints of an orthophoto, detected per (pyramid level, block) and cached.
+    """Keypoints of a map, detected per (pyramid level, block), cached on disk by chunk and in memory within a budget.
 
-    Each block of ``cfg.block_px`` pixels is detected with a padding of ``matcher.context_px`` pixels (so features
-    at block borders are found as on the whole image) and keeps the ``cfg.block_features`` strongest keypoints
-    centred in its core.
+    ``source``: an :class:`~mobilegeo_ros.geo.raster.Orthophoto` (pixels in memory) or a
+    :class:`~mobilegeo_ros.geo.windowed.WindowedMap` (pixels read from the file window by window: the map is never
+    in memory whole). Both give the same pixels of a level (``level_window``), so the same keypoints.
 
-    Without ``cache_dir`` blocks are detected lazily and kept in memory. With ``cache_dir`` (the localizer passes
-    ``INDEX_DIR/map_features``) the first use of a pyramid level detects all its blocks and writes them to
-    ``cache_dir/<matcher>/level<L>.npz`` (atomically) with a fingerprint: the map's identity (file sha256 and the
-    map settings it was read with), the matcher's identity (name, weights sha256), block size, block feature count,
-    context padding and level. A later :class:`MapFeatures` loads that file instead of detecting; one whose
-    fingerprint differs raises :class:`MapFeatureCacheError` naming the differing fields.
-    ``levels_loaded`` / ``blocks_computed`` say what happened (for tests and diagnostics).
+    Each block of ``cfg.block_px`` pixels of a level is equalised on its neighbourhood (:data:`CLAHE_MARGIN_PX`),
+    detected with a padding of ``matcher.context_px`` pixels (so features at block borders are found as on the whole
+    image) and keeps the ``cfg.block_features`` strongest keypoints centred in its core. Blocks are detected when a
+    window first needs them. Levels deeper than :data:`MAX_REGISTRATION_LEVEL` are not used (``max_level``).
+
+    Memory: blocks live in chunks of :data:`CHUNK_BLOCKS`² blocks; when the chunks held take more than
+    ``cfg.map_cache_mib``, the least recently used ones are dropped (and read again from disk, or detected again
+    without a cache folder, when needed). So memory is bounded whatever the map's size.
+
+    Disk (``cache_dir``; the localizer passes ``INDEX_DIR/map_features``): each chunk is one file
+    ``cache_dir/<matcher>/level<L>/chunk_<cx>_<cy>.npz``, written atomically when blocks were added to it, with a
+    fingerprint: the map's identity (file sha256 and the map settings it was read with), the matcher's identity
+    (name, weights sha256), block size, block feature count, context padding, level and the format. A file whose
+    fingerprint differs raises :class:`MapFeatureCacheError` naming the differing fields. ``chunks_loaded`` (files
+    read), ``blocks_computed`` (blocks detected) and ``nbytes`` (memory held) say what happened.
     """
 
-    def __init__(self, ortho: Orthophoto, cfg: RefineConfig, matcher: Matcher | None = None,
+    def __init__(self, source: MapGeometry, cfg: RefineConfig, matcher: Matcher | None = None,
                  cache_dir: str | Path | None = None, map_identity: dict | None = None):
-        self.ortho, self.cfg = ortho, cfg
+        self.map, self.cfg = source, cfg
         self.matcher = matcher if matcher is not None else make_matcher(cfg.matcher, cfg.ratio)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None and map_identity is None:
-            if ortho.path is None:
+            path = getattr(source, "path", None)
+            if path is None:
                 raise ValueError("a map-feature cache needs the map's identity (an in-memory orthophoto has no file)")
-            map_identity = {"sha256": file_sha256(ortho.path)}
+            map_identity = {"sha256": file_sha256(path)}
         self.map_identity = map_identity
-        self._grey: dict[int, np.ndarray] = {}
-        self._blocks: dict[tuple[int, int, int], Features] = {}
-        self._levels_ready: set[int] = set()
-        self.levels_loaded: set[int] = set()
+        self.max_level = min(source.max_pyramid_level, MAX_REGISTRATION_LEVEL)
+        self.budget_bytes = int(cfg.map_cache_mib * 2**20)
+        self._chunks: OrderedDict[ChunkKey, dict[tuple[int, int], Features]] = OrderedDict()
+        self._chunk_bytes: dict[ChunkKey, int] = {}
+        self._dirty: set[ChunkKey] = set()
+        self._fingerprint_written = False
+        self.chunks_loaded = 0
         self.blocks_computed = 0
 
-    # -- detection ------------------------------------------------------------------------------------------------
-    def grey(self, level: int) -> np.ndarray:
-        if level not in self._grey:
-            self._grey[level] = equalise(self.ortho.pyramid(level))
-        return self._grey[level]
-
+    # -- geometry -------------------------------------------------------------------------------------------------
     def level_shape(self, level: int) -> tuple[int, int]:
         """(H, W) of pyramid ``level`` in pixels."""
-        return self.grey(level).shape
+        return self.map.level_shape(level)
 
+    def chunk_grid(self, level: int) -> tuple[int, int]:
+        """(rows, columns) of chunks covering ``level``."""
+        h, w = self.level_shape(level)
+        side = self.cfg.block_px * CHUNK_BLOCKS
+        return -(-h // side), -(-w // side)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the keypoints in memory, bytes."""
+        return sum(self._chunk_bytes.values())
+
+    # -- detection ------------------------------------------------------------------------------------------------
     def _detect_block(self, level: int, bx: int, by: int) -> Features:
-        grey = self.grey(level)
         b, p = self.cfg.block_px, self.matcher.context_px
+        m = max(CLAHE_MARGIN_PX, p)
+        h, w = self.level_shape(level)
         x0, y0 = bx * b, by * b
-        xa, ya = max(0, x0 - p), max(0, y0 - p)
-        xb, yb = min(grey.shape[1], x0 + b + p), min(grey.shape[0], y0 + b + p)
-        f = self.matcher.detect(grey[ya:yb, xa:xb], 4 * self.cfg.block_features)
-        f.xy += (xa, ya)
+        xa, ya, xb, yb = max(0, x0 - m), max(0, y0 - m), min(w, x0 + b + m), min(h, y0 + b + m)
+        grey = equalise(self.map.level_window(level, xa, ya, xb, yb), CLAHE_TILE_PX)
+        xc, yc, xd, yd = max(0, x0 - p), max(0, y0 - p), min(w, x0 + b + p), min(h, y0 + b + p)
+        f = self.matcher.detect(np.ascontiguousarray(grey[yc - ya:yd - ya, xc - xa:xd - xa]),
+                                4 * self.cfg.block_features)
+        f.xy += (xc, yc)
         core = (f.xy[:, 0] >= x0) & (f.xy[:, 0] < x0 + b) & (f.xy[:, 1] >= y0) & (f.xy[:, 1] < y0 + b)
         self.blocks_computed += 1
         return f.take(np.flatnonzero(core)[: self.cfg.block_features])
 
+    def _chunk(self, key: ChunkKey) -> dict[tuple[int, int], Features]:
+        if key in self._chunks:
+            self._chunks.move_to_end(key)
+            return self._chunks[key]
+        blocks: dict[tuple[int, int], Features] = {}
+        if self.cache_dir is not None:
+            path = self.cache_path(*key)
+            if path.is_file():
+                blocks = self._load_chunk(path, key[0])
+                self.chunks_loaded += 1
+        self._chunks[key] = blocks
+        self._chunk_bytes[key] = sum(f.nbytes for f in blocks.values())
+        return blocks
+
     def _block(self, level: int, bx: int, by: int) -> Features:
-        key = (level, bx, by)
-        if key not in self._blocks:
-            if self.cache_dir is not None and level not in self._levels_ready:
-                self.ensure_level(level)
-            if key not in self._blocks:
-                self._blocks[key] = self._detect_block(level, bx, by)
-        return self._blocks[key]
+        key = (level, bx // CHUNK_BLOCKS, by // CHUNK_BLOCKS)
+        chunk = self._chunk(key)
+        if (bx, by) not in chunk:
+            f = chunk[(bx, by)] = self._detect_block(level, bx, by)
+            self._chunk_bytes[key] += f.nbytes
+            self._dirty.add(key)
+        return chunk[(bx, by)]
+
+    def _settle(self, keep: set[ChunkKey]) -> None:
+        """Write the chunks that gained blocks, then drop the least recently used chunks (not in ``keep``) while
+        the memory held exceeds the budget."""
+        for key in sorted(self._dirty):
+            self._save_chunk(key)
+        self._dirty.clear()
+        for key in list(self._chunks):
+            if self.nbytes <= self.budget_bytes:
+                break
+            if key not in keep:
+                del self._chunks[key]
+                del self._chunk_bytes[key]
+
+    def ensure_level(self, level: int) -> None:
+        """Make every block of ``level`` known: read its chunk files, detect what they lack and write them (the
+        build's precomputation and the tracker's warm-up). Memory stays within the budget."""
+        rows, cols = self.chunk_grid(level)
+        h, w = self.level_shape(level)
+        nby, nbx = -(-h // self.cfg.block_px), -(-w // self.cfg.block_px)
+        for cy in range(rows):
+            for cx in range(cols):
+                for by in range(cy * CHUNK_BLOCKS, min(nby, (cy + 1) * CHUNK_BLOCKS)):
+                    for bx in range(cx * CHUNK_BLOCKS, min(nbx, (cx + 1) * CHUNK_BLOCKS)):
+                        self._block(level, bx, by)
+                self._settle({(level, cx, cy)})
 
     # -- disk cache -----------------------------------------------------------------------------------------------
     def fingerprint(self, level: int) -> dict:
@@ -171,85 +257,79 @@ class MapFeatures:
                 "block_px": self.cfg.block_px, "block_features": self.cfg.block_features,
                 "context_px": self.matcher.context_px, "level": level}
 
-    def cache_path(self, level: int) -> Path:
+    def cache_path(self, level: int, cx: int, cy: int) -> Path:
+        """The cache file of chunk ``(cx, cy)`` of ``level``."""
         if self.cache_dir is None:
             raise ValueError("this MapFeatures has no cache folder")
-        return self.cache_dir / self.matcher.name / f"level{level}.npz"
+        return self.cache_dir / self.matcher.name / f"level{level}" / f"chunk_{cx}_{cy}.npz"
 
-    def ensure_level(self, level: int) -> None:
-        """Make every block of ``level`` available: load the cache file, or detect them all and write it."""
-        if level in self._levels_ready:
+    def _save_chunk(self, key: ChunkKey) -> None:
+        if self.cache_dir is None:
             return
-        path = self.cache_path(level)
-        expected = self.fingerprint(level)
-        if path.is_file():
-            self._load_level(path, level, expected)
-            self.levels_loaded.add(level)
-        else:
-            h, w = self.level_shape(level)
-            b = self.cfg.block_px
-            keys = [(bx, by) for by in range(-(-h // b)) for bx in range(-(-w // b))]
-            for bx, by in keys:
-                if (level, bx, by) not in self._blocks:
-                    self._blocks[(level, bx, by)] = self._detect_block(level, bx, by)
-            self._save_level(path, level, expected, keys)
-        self._levels_ready.add(level)
-
-    def _save_level(self, path: Path, level: int, fingerprint: dict, keys: list[tuple[int, int]]) -> None:
-        parts = [self._blocks[(level, bx, by)] for bx, by in keys]
-        counts = np.array([len(f) for f in parts], np.int64)
+        level = key[0]
+        blocks = self._chunks[key]
+        keys = sorted(blocks)
+        parts = [blocks[k] for k in keys]
         allf = Features.concat(parts, self.matcher.desc_dim, self.matcher.desc_dtype)
+        fingerprint = self.fingerprint(level)
         buf = io.BytesIO()
         np.savez(buf, fingerprint=np.array(json.dumps(fingerprint, sort_keys=True)),
-                 block_keys=np.array(keys, np.int64).reshape(-1, 2), counts=counts, xy=allf.xy,
-                 angle_deg=allf.angle_deg, size=allf.size, desc=allf.desc)
-        atomic_write_bytes(path, buf.getvalue())
-        atomic_write_text(path.parent / "fingerprint.json",
-                          json.dumps({k: v for k, v in fingerprint.items() if k != "level"}, indent=1,
-                                     sort_keys=True) + "\n")
+                 block_keys=np.array(keys, np.int64).reshape(-1, 2),
+                 counts=np.array([len(f) for f in parts], np.int64), xy=allf.xy, angle_deg=allf.angle_deg,
+                 size=allf.size, desc=allf.desc)
+        atomic_write_bytes(self.cache_path(*key), buf.getvalue())
+        if not self._fingerprint_written:
+            atomic_write_text(self.cache_dir / self.matcher.name / "fingerprint.json",
+                              json.dumps({k: v for k, v in fingerprint.items() if k != "level"}, indent=1,
+                                         sort_keys=True) + "\n")
+            self._fingerprint_written = True
 
-    def _load_level(self, path: Path, level: int, expected: dict) -> None:
+    def _load_chunk(self, path: Path, level: int) -> dict[tuple[int, int], Features]:
         try:
             with np.load(path, allow_pickle=False) as z:
                 cached = json.loads(str(z["fingerprint"]))
-                diffs = fingerprint_differences(cached, expected)
+                diffs = fingerprint_differences(cached, self.fingerprint(level))
                 if diffs:
                     raise MapFeatureCacheError(
                         f"map-feature cache {str(path)!r} was computed for another map, matcher or setting "
-                        f"({'; '.join(diffs)}); it is not used. Delete the folder {str(path.parent)!r} (it is "
+                        f"({'; '.join(diffs)}); it is not used. Delete the folder {str(self.cache_dir)!r} (it is "
                         "recomputed on first use) or rebuild the index")
                 keys, counts = z["block_keys"], z["counts"]
                 xy, ang, size, desc = z["xy"], z["angle_deg"], z["size"], z["desc"]
         except (OSError, ValueError, KeyError) as e:
             raise MapFeatureCacheError(f"map-feature cache {str(path)!r} is unreadable ({e}); delete the folder "
-                                       f"{str(path.parent)!r} (it is recomputed on first use)") from e
+                                       f"{str(self.cache_dir)!r} (it is recomputed on first use)") from e
         offsets = np.r_[0, np.cumsum(counts)]
-        for (bx, by), a, b in zip(keys, offsets[:-1], offsets[1:], strict=True):
-            self._blocks[(level, int(bx), int(by))] = Features(xy[a:b], ang[a:b], size[a:b], desc[a:b])
+        return {(int(bx), int(by)): Features(xy[a:b], ang[a:b], size[a:b], desc[a:b])
+                for (bx, by), a, b in zip(keys, offsets[:-1], offsets[1:], strict=True)}
 
     # -- windows --------------------------------------------------------------------------------------------------
     def window_px(self, level: int, center_e: float, center_n: float, half_m: float
                   ) -> tuple[float, float, float, float]:
         """``(x0, y0, x1, y1)``: the square of half side ``half_m`` metres around a map point in continuous pixels of
         ``level``, clipped to the image (empty when x1 <= x0 or y1 <= y0)."""
-        m2l = np.linalg.inv(_level_to_map(self.ortho, level))
+        m2l = np.linalg.inv(_level_to_map(self.map, level))
         c = m2l @ np.array([center_e, center_n, 1.0])
-        half_px = half_m / (self.ortho.gsd_m * 2**level)
+        half_px = half_m / (self.map.gsd_m * 2**level)
         h, w = self.level_shape(level)
         return (max(0.0, c[0] - half_px), max(0.0, c[1] - half_px), min(float(w), c[0] + half_px),
                 min(float(h), c[1] + half_px))
 
     def gather(self, level: int, boxes: list[tuple[float, float, float, float]]) -> Features:
         """Keypoints (continuous pixels of ``level``) inside any of the boxes (from :meth:`window_px`), each once."""
+        if not 0 <= level <= self.max_level:
+            raise ValueError(f"map pyramid level {level} is outside [0, {self.max_level}]")
         b = self.cfg.block_px
+        h, w = self.level_shape(level)
         keys: dict[tuple[int, int], None] = {}
         for x0, y0, x1, y1 in boxes:
             if x1 > x0 and y1 > y0:
-                for by in range(int(y0 // b), int(math.ceil(y1 / b))):
-                    for bx in range(int(x0 // b), int(math.ceil(x1 / b))):
+                for by in range(max(0, int(y0 // b)), min(-(-h // b), int(math.ceil(y1 / b)))):
+                    for bx in range(max(0, int(x0 // b)), min(-(-w // b), int(math.ceil(x1 / b)))):
                         keys[(bx, by)] = None
         f = Features.concat([self._block(level, bx, by) for bx, by in keys], self.matcher.desc_dim,
                             self.matcher.desc_dtype)
+        self._settle({(level, bx // CHUNK_BLOCKS, by // CHUNK_BLOCKS) for bx, by in keys})
         inside = np.zeros(len(f), bool)
         for x0, y0, x1, y1 in boxes:
             inside |= (f.xy[:, 0] >= x0) & (f.xy[:, 0] <= x1) & (f.xy[:, 1] >= y0) & (f.xy[:, 1] <= y1)
@@ -267,15 +347,19 @@ def map_identity(map_sha256: str, map_cfg) -> dict:
     return {"sha256": map_sha256, "settings": json.loads(json.dumps(dataclasses.asdict(map_cfg), default=str))}
 
 
-def precompute_map_features(ortho: Orthophoto, cfg: RefineConfig, cache_dir: str | Path, identity: dict,
+def precompute_map_features(source: MapGeometry, cfg: RefineConfig, cache_dir: str | Path, identity: dict,
                             levels: list[int] | None = None) -> list[Path]:
-    """Detect and save the map-side features of ``cfg.matcher`` for ``levels`` (default: every pyramid level)
-    into ``cache_dir`` (what the localizer would otherwise do on first use) → the cache files."""
-    mf = MapFeatures(ortho, cfg, make_matcher(cfg.matcher, cfg.ratio), cache_dir, identity)
-    levels = list(range(ortho.max_pyramid_level + 1)) if levels is None else levels
+    """Detect and save the map-side features of ``cfg.matcher`` for ``levels`` (default: every level registration
+    uses) into ``cache_dir`` (what the localizer would otherwise do on first use) → the cache files.
+
+    ``source``: an :class:`~mobilegeo_ros.geo.raster.Orthophoto` or a
+    :class:`~mobilegeo_ros.geo.windowed.WindowedMap` (memory bounded by ``refine.map_cache_mib`` plus one block's
+    window, whatever the map's size)."""
+    mf = MapFeatures(source, cfg, make_matcher(cfg.matcher, cfg.ratio), cache_dir, identity)
+    levels = list(range(mf.max_level + 1)) if levels is None else levels
     for level in levels:
         mf.ensure_level(level)
-    return [mf.cache_path(level) for level in levels]
+    return sorted(p for level in levels for p in mf.cache_path(level, 0, 0).parent.glob("chunk_*.npz"))
 
 
 @dataclass
@@ -371,26 +455,45 @@ def warp_continuous(image: np.ndarray, m: np.ndarray, size: tuple[int, int], int
 
 
 class Refiner:
-    """Registers camera views against an orthophoto (see the module docstring). One call at a time.
+    """Registers camera views against a map (see the module docstring). One call at a time.
+
+    ``source``: an :class:`~mobilegeo_ros.geo.raster.Orthophoto` in memory, or a
+    :class:`~mobilegeo_ros.geo.windowed.WindowedMap` read window by window (bounded memory: ``refine.map_cache_mib``
+    of keypoints plus the windows being detected); :meth:`close` closes it.
 
     ``cache_dir``: folder for the map-feature cache (the localizer passes ``INDEX_DIR/map_features``); None = memory
     only. ``map_identity``: what identifies the map for that cache (``{"sha256": ..., "settings": {...}}``); when None
     with a cache folder, the sha256 of the orthophoto's file.
     """
 
-    def __init__(self, ortho: Orthophoto, cfg: RefineConfig, cache_dir: str | Path | None = None,
+    def __init__(self, source: MapGeometry, cfg: RefineConfig, cache_dir: str | Path | None = None,
                  map_identity: dict | None = None):
-        self.ortho = ortho
+        self.map = source
         self.matcher = make_matcher(cfg.matcher, cfg.ratio)
         # refine.min_inliers 0 = the measured default of this matcher.
         self.cfg = dataclasses.replace(cfg, min_inliers=resolved_min_inliers(cfg.matcher, cfg.min_inliers))
-        self.map_features = MapFeatures(ortho, self.cfg, self.matcher, cache_dir, map_identity)
+        self.map_features = MapFeatures(source, self.cfg, self.matcher, cache_dir, map_identity)
 
     def level_for(self, gsd_m: float) -> int:
         """The map pyramid level a view of ``gsd_m`` metres per pixel is matched on."""
-        g0 = self.ortho.gsd_m
-        return 0 if gsd_m <= g0 else int(min(self.ortho.max_pyramid_level,
+        g0 = self.map.gsd_m
+        return 0 if gsd_m <= g0 else int(min(self.map_features.max_level,
                                              max(0, math.floor(math.log2(gsd_m / g0) + 0.25))))
+
+    def map_window(self, center_e: float, center_n: float, half_m: float) -> Orthophoto:
+        """The map's pixels around a point as an :class:`Orthophoto` placed on the map (the whole orthophoto when
+        it is in memory; else a window of half side ``half_m`` metres read from the file)."""
+        if isinstance(self.map, Orthophoto):
+            return self.map
+        col, row = self.map.map_to_pixel(center_e, center_n)
+        half_px = int(math.ceil(half_m / self.map.gsd_m))
+        return self.map.read_window(int(col) - half_px, int(row) - half_px, 2 * half_px + 1, 2 * half_px + 1)
+
+    def close(self) -> None:
+        """Close a file-backed map (idempotent; an in-memory orthophoto has nothing to close)."""
+        close = getattr(self.map, "close", None)
+        if close is not None:
+            close()
 
     def prepare(self, image: np.ndarray, gsd_m: float, gsd_known: bool, heading_deg: float | None = None,
                 north_up: bool | None = None) -> Query:
@@ -404,7 +507,7 @@ class Refiner:
         h, w = image.shape[:2]
         level = self.level_for(gsd_m)
         # Never upsample the view (no information gained); a slightly finer map level is fine for the features.
-        scale = min(1.0, gsd_m / (self.ortho.gsd_m * 2**level))
+        scale = min(1.0, gsd_m / (self.map.gsd_m * 2**level))
         w2, h2 = max(16, int(round(w * scale))), max(16, int(round(h * scale)))
         small = image if (w2, h2) == (w, h) else cv2.resize(image, (w2, h2), interpolation=cv2.INTER_AREA)
         # Black pixels are outside the rendered map or above the horizon: no keypoints on their edge.
@@ -465,7 +568,7 @@ class Refiner:
             wxy = union.xy[wi]
             inside = (wxy[:, 0] >= x0) & (wxy[:, 0] <= x1) & (wxy[:, 1] >= y0) & (wxy[:, 1] <= y1)
             reg = fit_and_verify(query.features, union, qi[inside], wi[inside], self.cfg,
-                                 view_to_match=query.view_to_match, level_to_map=_level_to_map(self.ortho, lvl),
+                                 view_to_match=query.view_to_match, level_to_map=_level_to_map(self.map, lvl),
                                  size_px=(query.width_px, query.height_px), expected_gsd_m=query.gsd_m,
                                  gsd_known=query.gsd_known, yaw_prior_deg=yaw_prior_deg, window=(e, n, half),
                                  consistency_filters=self.matcher.oriented)
@@ -747,7 +850,8 @@ def register_window(image: np.ndarray, ortho: Orthophoto, center_e: float, cente
     return reg
 
 
-__all__ = ["Choice", "Features", "MAP_FEATURE_CACHE_FORMAT", "MapFeatureCacheError", "MapFeatures", "Query",
+__all__ = ["CHUNK_BLOCKS", "Choice", "Features", "MAP_FEATURE_CACHE_FORMAT", "MAX_REGISTRATION_LEVEL",
+           "MapFeatureCacheError", "MapFeatures", "Query",
            "Refiner", "Registration", "calibrated_covariance", "centre_covariance", "centre_geometry", "choose",
            "equalise", "expected_gsd", "fit_and_verify", "fingerprint_differences", "map_identity",
            "match_and_verify", "north_up_rotation", "precompute_map_features", "register_window", "warp_continuous"]

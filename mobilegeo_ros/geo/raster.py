@@ -57,6 +57,30 @@ class MapGeometry:
         """Deepest pyramid level whose image is still at least 16 pixels on its short side."""
         return max(0, int(math.floor(math.log2(min(self.width, self.height) / 16))))
 
+    def level_shape(self, level: int) -> tuple[int, int]:
+        """``(H, W)`` in pixels of pyramid ``level`` (each ``cv2.pyrDown`` halves a side, rounding up)."""
+        h, w = self.height, self.width
+        for _ in range(level):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    @staticmethod
+    def pyramid_to_base(level: int) -> np.ndarray:
+        """3×3 matrix: continuous pixel ``(col, row, 1)`` of pyramid ``level`` -> continuous pixel of level 0.
+
+        ``cv2.pyrDown`` keeps source pixel ``2i`` as output pixel ``i`` (pixel centres), so with centres at +0.5 a
+        level-1 coordinate ``x1`` is the level-0 coordinate ``2*x1 - 0.5``; composed over levels this is
+        ``s*x - (s-1)/2`` with ``s = 2**level``.
+        """
+        s = float(2**level)
+        off = -(s - 1.0) / 2.0
+        return np.array([[s, 0.0, off], [0.0, s, off], [0.0, 0.0, 1.0]])
+
+    def pixel_to_map_matrix(self) -> np.ndarray:
+        """3×3 matrix of :attr:`transform` (continuous pixel ``(col, row, 1)`` -> ``(easting, northing, 1)``)."""
+        t = self.transform
+        return np.array([[t.a, t.b, t.c], [t.d, t.e, t.f], [0.0, 0.0, 1.0]])
+
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """``(left, bottom, right, top)`` in map coordinates (metres)."""
@@ -150,23 +174,12 @@ class Orthophoto(MapGeometry):
             levels.append(cv2.pyrDown(levels[-1]))
         return levels[level]
 
-    @staticmethod
-    def pyramid_to_base(level: int) -> np.ndarray:
-        """3×3 matrix: continuous pixel ``(col, row, 1)`` of pyramid ``level`` -> continuous pixel of level 0.
-
-        ``cv2.pyrDown`` keeps source pixel ``2i`` as output pixel ``i`` (pixel centres), so with centres at +0.5 a
-        level-1 coordinate ``x1`` is the level-0 coordinate ``2*x1 - 0.5``; composed over levels this is
-        ``s*x - (s-1)/2`` with ``s = 2**level``.
-        """
-        s = float(2**level)
-        off = -(s - 1.0) / 2.0
-        return np.array([[s, 0.0, off], [0.0, s, off], [0.0, 0.0, 1.0]])
-
-    def pixel_to_map_matrix(self) -> np.ndarray:
-        """3×3 matrix of :attr:`transform` (continuous pixel ``(col, row, 1)`` -> ``(easting, northing, 1)``)."""
-        t = self.transform
-        return np.array([[t.a, t.b, t.c], [t.d, t.e, t.f], [0.0, 0.0, 1.0]])
-
+    def level_window(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Pixels ``[x0, x1) × [y0, y1)`` of pyramid ``level`` (clipped to it): ``h×w×3 uint8``, a view into
+        :meth:`pyramid` (the same pixels :meth:`~mobilegeo_ros.geo.windowed.WindowedMap.level_window` computes from
+        a window of the file)."""
+        h, w = self.level_shape(level)
+        return self.pyramid(level)[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
 
 # --------------------------------------------------------------------------------------------------------------------
 # Reading

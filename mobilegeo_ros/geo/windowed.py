@@ -13,8 +13,10 @@ the map's size.
 Differences from the whole-raster read: a map in a CRS that is not metric or not north-up is resampled through a GDAL
 ``WarpedVRT`` (bilinear, on the same grid :func:`~mobilegeo_ros.geo.raster.north_up_metric_grid` gives) before the
 8-bit stretch instead of after it; the stretch percentiles of non-8-bit maps come from a decimated read of the whole
-map (at most ~1 M pixels) instead of a strided subsample of all of them. Pansharpening (``map.pansharpen_with``) is
-not done window by window: :func:`opens_windowed` says so and the build reads such maps whole.
+map (at most ~1 M pixels) instead of a strided subsample of all of them. Registration reads the map the same way:
+:meth:`WindowedMap.level_window` gives the pixels of a pyramid level in a window, equal to the whole map's
+(test/test_windowed_registration.py). Pansharpening (``map.pansharpen_with``) is not done window by window:
+:func:`opens_windowed` says so and the build reads such maps whole.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import rasterio
 import rasterio.errors
@@ -167,6 +170,30 @@ class WindowedMap(MapGeometry):
             rgb = stretch_to_uint8(data, valid, (0.0, 100.0), limits=self._limits)
         return Orthophoto(rgb=rgb, transform=self.transform @ Affine.translation(c0, r0), crs=self.crs,
                           gsd_m=self.gsd_m, path=self.path)
+
+    def level_window(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Pixels ``[x0, x1) × [y0, y1)`` of pyramid ``level`` (clipped to it): ``h×w×3 uint8``, equal to the same
+        pixels of :meth:`~mobilegeo_ros.geo.raster.Orthophoto.pyramid` on the whole map.
+
+        Reads the level-0 window under them, padded by the support of ``level`` repeated ``cv2.pyrDown`` steps
+        (each output pixel depends on 5 input pixels, so ``2·(2**level - 1)`` level-0 pixels each side; padded
+        more) with its origin on a multiple of ``2**level`` (so pixel ``i`` of a level of the window is pixel
+        ``i + origin / 2**level`` of the map's), reduces it ``level`` times and crops. Memory: the level-0 window,
+        ``4**level`` times the output's pixels.
+        """
+        h, w = self.level_shape(level)
+        x0, y0, x1, y1 = max(0, int(x0)), max(0, int(y0)), min(w, int(x1)), min(h, int(y1))
+        if x1 <= x0 or y1 <= y0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        s = 2**level
+        pad = 4 * s + 4
+        c0, r0 = max(0, (x0 * s - pad) // s * s), max(0, (y0 * s - pad) // s * s)
+        c1, r1 = min(self.width, x1 * s + pad), min(self.height, y1 * s + pad)
+        rgb = self.read_window(c0, r0, c1 - c0, r1 - r0).rgb
+        for _ in range(level):
+            rgb = cv2.pyrDown(rgb)
+        ox, oy = c0 // s, r0 // s
+        return np.ascontiguousarray(rgb[y0 - oy:y1 - oy, x0 - ox:x1 - ox])
 
 
 @dataclass(frozen=True)

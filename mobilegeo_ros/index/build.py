@@ -359,8 +359,13 @@ def build_index(map_path: str | Path | Sequence[str | Path], out_dir: str | Path
     shutil.rmtree(work, ignore_errors=True)
     if cfg.refine.enabled and cfg.refine.map_features_at_build and len(sources) == 1:
         from mobilegeo_ros.estimator.refine import map_identity, precompute_map_features
-        precompute_map_features(read_orthophoto(paths_in[0], cfg.map), cfg.refine, Path(out_dir) / "map_features",
-                                map_identity(info["sha256"], cfg.map))
+        with ExitStack() as stack:
+            if opens_windowed(cfg.map):  # window by window: the map is never in memory whole
+                source: MapGeometry = stack.enter_context(WindowedMap(paths_in[0], cfg.map))
+            else:
+                source = read_orthophoto(paths_in[0], cfg.map)
+            precompute_map_features(source, cfg.refine, Path(out_dir) / "map_features",
+                                    map_identity(info["sha256"], cfg.map))
     return Path(out_dir)
 
 

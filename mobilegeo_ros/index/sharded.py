@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("map", metavar="MAP.tif")
     ap.add_argument("--out", required=True, metavar="INDEX_DIR")
     ap.add_argument("--config", metavar="YAML")
-    ap.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], help="overrides model.backend")
+    ap.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="overrides model.backend")
     ap.add_argument("--device", help="cpu or cuda (each rank then uses cuda:LOCAL_RANK); overrides model.device")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)

@@ -74,6 +74,7 @@ from std_msgs.msg import Float64
 from mobilegeo_ros import config as config_mod
 from mobilegeo_ros.estimator.status import FixStatus
 from mobilegeo_ros.geo.raster import GeoError
+from mobilegeo_ros.model import resolve_backend
 from mobilegeo_ros.ros.pipeline import (
     STALE, UNKNOWN_VARIANCE, Frame, LatestMailbox, LocalizationPipeline, Output, PriorState, Stats, diagnostic_level,
     heading_to_quaternion,
@@ -384,7 +385,8 @@ class LocalizeNode(Node):
         self.worker.start()
         self.get_logger().info(
             f"ready: index {self.index_dir} (origin {loc.origin_lat:.6f}, {loc.origin_lon:.6f}), backend "
-            f"{self.cfg.model.backend}, window {self.cfg.node.window_size} views / {self.cfg.node.window_s} s, "
+            f"{resolve_backend(self.cfg.model)} (model.backend {self.cfg.model.backend}), window "
+            f"{self.cfg.node.window_size} views / {self.cfg.node.window_s} s, "
             f"config {self.config_file or '(defaults)'}")
 
     def _make_bridges(self) -> None:
@@ -751,7 +753,7 @@ class LocalizeNode(Node):
             **{f"{k}_received": str(v) for k, v in self._inputs_received.items()},
             "config_file": self.config_file,
             "index_dir": self.index_dir,
-            "backend": self.cfg.model.backend,
+            "backend": resolve_backend(self.cfg.model),
             "window_size_max": str(self.cfg.node.window_size),
             "warmup_s": f(self.pipeline.warm.seconds, ".2f") if self.pipeline.warm else "nan",
             "warmup_status": self.pipeline.warm.status.value if self.pipeline.warm else "",
