@@ -116,22 +116,33 @@ def write_mosaic(area_km2: int, cache: Path, seed: int = 0) -> tuple[Path, dict]
     return path, layout
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """Run ``cmd``; (wall seconds, peak RSS of that child in MiB, its stdout)."""
+#: Prepended to every child's code: at exit it writes its own peak RSS (``VmHWM`` of /proc/self/status) to stderr.
+#: (The rusage ``ru_maxrss`` of a child is not used: Linux counts in it the parent's memory at the fork.)
+_PEAK_RSS_AT_EXIT = (
+    "import atexit, sys\n"
+    "def _peak_rss():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            sys.stderr.write('\\nPEAK_RSS_KIB ' + line.split()[1] + '\\n')\n"
+    "atexit.register(_peak_rss)\n")
+
+
+def run_measured(code: str, args: list[str], env: dict) -> tuple[float, float, str]:
+    """Run ``python -c code args...``; (wall seconds, peak RSS of that child in MiB, its stdout)."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage (ru_maxrss: KiB on Linux)
+        proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_AT_EXIT + code, *args], stdout=out, stderr=err,
+                              env=env, cwd=REPO, text=True, check=False)
         wall = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss / 1024.0, stdout
+        raise RuntimeError(f"{code[:60]!r} {' '.join(args[:3])} ... failed ({proc.returncode}):\n{stderr[-3000:]}")
+    peaks = [line.split()[1] for line in stderr.splitlines() if line.startswith("PEAK_RSS_KIB ")]
+    return wall, float(peaks[-1]) / 1024.0 if peaks else math.nan, stdout
 
 
 def dir_mib(path: Path) -> float:
@@ -169,16 +180,16 @@ def evaluate(index_dir: Path, cfg: Config, n_views: int, seed: int, gate_radius_
                 d = prior_error_m * math.sqrt(prior_rng.uniform())
                 lat, lon = loc.map_to_wgs84(pose.easting + d * math.cos(a), pose.northing + d * math.sin(a))
                 priors.lat, priors.lon, priors.radius_m = lat, lon, gate_radius_m
-            emb = loc.embed([image])
+            queries, angles = loc.query_vectors([image], priors)
             t = time.perf_counter()
-            retrieval = loc.localize_embeddings(emb, priors)  # retrieval only: the search latency
+            retrieval = loc.localize_queries(queries, priors, None, angles)  # retrieval only: the search latency
             search_ms.append(1e3 * (time.perf_counter() - t))
             rows_searched.append(retrieval.search.rows_total if retrieval.search else loc.index.ntotal)
             ce, cn = image_to_ground(pose, camera, camera.width_px / 2.0, camera.height_px / 2.0)
             ranked = np.asarray(retrieval.retrieval.ranked_rows if retrieval.retrieval else [], np.int64)
             hits.append(tile_contains(cols["center_e"][ranked], cols["center_n"][ranked], cols["size_m"][ranked],
                                       float(ce), float(cn)))
-            fix = loc.localize_embeddings(emb, priors, image=image)
+            fix = loc.localize_queries(queries, priors, image, angles)
             if fix.status.is_fix:
                 fixes += 1
                 err = math.hypot(fix.easting - pose.easting, fix.northing - pose.northing)
@@ -196,7 +207,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--areas", default="1,10", help="comma-separated map sizes in km² (cells of the real scene)")
     ap.add_argument("--views", type=int, default=40, help="drone views localized per size and mode")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the drone views and priors")
+    ap.add_argument("--mosaic-seed", type=int, default=0, help="seed of the distractor cells of the mosaic")
     ap.add_argument("--backend", default="onnxruntime", help="embedding backend of the build and the queries")
     ap.add_argument("--kind", default="auto", help="index.kind of the build (auto: flat while <= 512 MiB)")
     ap.add_argument("--heading", default="gallery_rotations", choices=["gallery_rotations", "query_rotations", "none"],
@@ -233,7 +245,7 @@ def main() -> int:
     results = []
     for area in [int(a) for a in args.areas.split(",")]:
         t = time.perf_counter()
-        mosaic, layout = write_mosaic(area, cache, args.seed)
+        mosaic, layout = write_mosaic(area, cache, args.mosaic_seed)
         mosaic_s = time.perf_counter() - t
         index_dir = cache / f"index-{area}km2-{tag}"
         build_json = index_dir.with_name(index_dir.name + ".build.json")
@@ -242,9 +254,9 @@ def main() -> int:
         else:
             shutil.rmtree(index_dir, ignore_errors=True)  # a fresh build (the last run's map features are in it)
             load_before = os.getloadavg()
-            build_s, build_rss, _ = run_measured([sys.executable, "-c", "import sys; from mobilegeo_ros.cli import "
-                                                  "main; sys.exit(main())", "build-index", str(mosaic), "--out",
-                                                  str(index_dir), "--config", str(cfg_path), "--quiet"], env)
+            build_s, build_rss, _ = run_measured("from mobilegeo_ros.cli import main; sys.exit(main())",
+                                                 ["build-index", str(mosaic), "--out", str(index_dir), "--config",
+                                                  str(cfg_path), "--quiet"], env)
             build = {"build_s": build_s, "build_peak_rss_mib": build_rss, "load_avg_before_build": load_before[0],
                      "load_avg_after_build": os.getloadavg()[0], "index_mib": dir_mib(index_dir)}
             build_json.write_text(json.dumps(build))
@@ -252,14 +264,17 @@ def main() -> int:
                       "from mobilegeo_ros.localizer import Localizer; "
                       f"loc = Localizer.from_files({str(index_dir)!r}, load_config({str(cfg_path)!r})); "
                       "print(time.perf_counter() - t)")
-        _, start_rss, start_out = run_measured([sys.executable, "-c", start_code], env)
+        _, start_rss, start_out = run_measured(start_code, [], env)
         meta = json.loads((index_dir / "index.json").read_text())
-        eval_cmd = [sys.executable, str(Path(__file__).resolve()), "--evaluate-index", str(index_dir), "--config",
-                    str(cfg_path), "--views", str(args.views), "--seed", str(args.seed), "--gate-radius-m",
-                    str(args.gate_radius_m), "--prior-error-m", str(args.prior_error_m)]
+        eval_args = ["--evaluate-index", str(index_dir), "--config", str(cfg_path), "--views", str(args.views),
+                     "--seed", str(args.seed), "--gate-radius-m", str(args.gate_radius_m), "--prior-error-m",
+                     str(args.prior_error_m)]
         if args.yaw_sigma_deg is not None:
-            eval_cmd += ["--yaw-sigma-deg", str(args.yaw_sigma_deg)]
-        eval_s, eval_rss, eval_out = run_measured(eval_cmd, env)
+            eval_args += ["--yaw-sigma-deg", str(args.yaw_sigma_deg)]
+        script = str(Path(__file__).resolve())
+        eval_s, eval_rss, eval_out = run_measured(
+            f"import runpy; sys.argv = [{script!r}] + sys.argv[1:]; runpy.run_path({script!r}, run_name='__main__')",
+            eval_args, env)
         row = {"area_km2": area, "grid": [layout["rows"], layout["cols"]], "mosaic_s": mosaic_s,
                "tiles": meta["counts"]["tiles"], "vectors": meta["counts"]["vectors"], "kind": meta["kind"],
                "heading": args.heading, "yaw_sigma_deg": args.yaw_sigma_deg, **build,

@@ -246,24 +246,40 @@ class Localizer:
         one registered against the map when ``refine`` and ``refine.enabled``)."""
         t0 = time.perf_counter()
         priors = priors or Priors()
-        if not images:
-            raise ValueError("localize() needs at least one image")
-        heading = self.cfg.index.heading
-        yaw = priors.finite("yaw_deg")
-        if heading == "query_rotations":
-            squares = [center_square(im) for im in images]
-            angles = [yaw] if yaw is not None else list(np.arange(self.cfg.index.rotations) * 360.0
-                                                         / self.cfg.index.rotations)
-            # One fused query per candidate heading: every view rotated as if its top edge pointed north.
-            queries = np.stack([
-                self._fuse(self.model.embed([rotate_to_heading(sq, a) for sq in squares])) for a in angles
-            ])
-            fix = self._search_and_finish(queries, priors, images[-1] if refine else None, query_angles=angles)
-        else:
-            fix = self._search_and_finish(self._fuse(self.embed(images))[None], priors,
-                                          images[-1] if refine else None)
+        queries, angles = self.query_vectors(images, priors)
+        fix = self.localize_queries(queries, priors, images[-1] if refine else None, angles)
         fix.latency_s = time.perf_counter() - t0
         fix.views_used = len(images)
+        return fix
+
+    def query_vectors(self, images: list[np.ndarray], priors: Priors | None = None
+                      ) -> tuple[np.ndarray, list[float] | None]:
+        """The search's query vectors for a window of views (``Q×D`` float32, unit rows) and the compass heading each
+        assumes: one fused vector and None for ``gallery_rotations``/``none``; for ``query_rotations`` one per
+        heading hypothesis (the yaw prior, else ``index.rotations`` evenly spaced), every view turned north-up by
+        it."""
+        if not images:
+            raise ValueError("localize() needs at least one image")
+        priors = priors or Priors()
+        if self.cfg.index.heading != "query_rotations":
+            return self._fuse(self.embed(images))[None], None
+        yaw = priors.finite("yaw_deg")
+        squares = [center_square(im) for im in images]
+        angles = [yaw] if yaw is not None else list(np.arange(self.cfg.index.rotations) * 360.0
+                                                     / self.cfg.index.rotations)
+        queries = np.stack([self._fuse(self.model.embed([rotate_to_heading(sq, a) for sq in squares]))
+                            for a in angles])
+        return queries, [float(a) for a in angles]
+
+    def localize_queries(self, queries: np.ndarray, priors: Priors | None = None, image: np.ndarray | None = None,
+                         query_angles: list[float] | None = None) -> Fix:
+        """Search the index with query vectors from :meth:`query_vectors` and finish the fix (``image``: the newest
+        view, registered against the map when given and ``refine.enabled``)."""
+        t0 = time.perf_counter()
+        fix = self._search_and_finish(np.asarray(queries, np.float32), priors or Priors(), image,
+                                      query_angles=query_angles)
+        fix.latency_s = time.perf_counter() - t0
+        fix.views_used = 1
         return fix
 
     def localize_embeddings(self, embeddings: np.ndarray, priors: Priors | None = None,
