@@ -22,6 +22,7 @@ map (at most ~1 M pixels) instead of a strided subsample of all of them. Registr
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 import rasterio
+import rasterio.env
 import rasterio.errors
 import rasterio.windows
 from affine import Affine
@@ -58,6 +60,17 @@ from mobilegeo_ros.geo.tiles import TileSpec, pick_level
 ALIGN_PX = 64
 #: Side (pixels) of the decimated read that the stretch percentiles of a non-8-bit map are taken from.
 _STATS_SIDE_PX = 1024
+#: GDAL's raster block cache, MiB, when ``GDAL_CACHEMAX`` is not set in the environment. GDAL's own default is 5 % of
+#: the machine's RAM (1.2 GB on a 24 GB machine), which window-by-window reads fill without needing it: measured on the
+#: 100 km² benchmark mosaic, reading it in windows peaked at 1147 MiB RSS with the default and 255 MiB with 128 MiB,
+#: in the same time.
+GDAL_CACHE_MIB = 128
+
+
+def _gdal_options() -> dict[str, Any]:
+    """GDAL options the reads run under: the block cache capped at :data:`GDAL_CACHE_MIB` unless the user set
+    ``GDAL_CACHEMAX`` (then GDAL's own handling applies)."""
+    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MIB * 2**20}
 
 
 def opens_windowed(map_cfg: MapConfig) -> bool:
@@ -81,6 +94,7 @@ class WindowedMap(MapGeometry):
                            "window")
         self.path = Path(path)
         self._cache: dict[str, Any] = {}
+        self._gdal = _gdal_options()
         self._src = _open(self.path)
         self._vrt: WarpedVRT | None = None
         try:
@@ -132,13 +146,14 @@ class WindowedMap(MapGeometry):
         """``(3×h×w data in the file's dtype, h×w bool valid mask)`` of a window (None: all, decimated to
         ``out_shape`` with nearest neighbour)."""
         try:
-            if out_shape is None:
-                data = self._reader.read(self.bands, window=window)
-                valid = self._reader.dataset_mask(window=window) > 0
-            else:
-                data = self._reader.read(self.bands, window=window, out_shape=(3, *out_shape),
-                                         resampling=Resampling.nearest)
-                valid = self._reader.dataset_mask(window=window, out_shape=out_shape) > 0
+            with rasterio.Env(**self._gdal):
+                if out_shape is None:
+                    data = self._reader.read(self.bands, window=window)
+                    valid = self._reader.dataset_mask(window=window) > 0
+                else:
+                    data = self._reader.read(self.bands, window=window, out_shape=(3, *out_shape),
+                                             resampling=Resampling.nearest)
+                    valid = self._reader.dataset_mask(window=window, out_shape=out_shape) > 0
         except rasterio.errors.RasterioError as e:
             raise GeoError(f"orthophoto {str(self.path)!r} could not be read: {e}") from None
         if np.issubdtype(data.dtype, np.floating):
