@@ -69,15 +69,17 @@ def test_similarity_kd_hand_computed_zero_scale_free_and_detached():
     t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
     assert similarity_distillation(7.0 * t @ rot, t).item() == pytest.approx(0.0, abs=1e-6)
-    # hand-computed: teacher rows 0 and 1 orthogonal, row 2 at 45 degrees; student all identical (uniform rows)
+    # hand-computed: teacher rows 0 and 1 orthogonal, row 2 at 45 degrees; the student's rows all identical, so
+    # its standardised rows are constant (uniform softmax); the teacher's rows standardise to (-1/√2, 1/√2) twice
+    # (two entries, unbiased std) and a constant row (uniform): KL(p ‖ uniform) = Σ p log(2p)
     s = torch.ones(3, 4)
     tau = 0.5
-    c = 1 / math.sqrt(2)
-    want = 0.0
-    for sims in ([0.0, c], [0.0, c], [c, c]):
-        p = torch.softmax(torch.tensor(sims) / tau, 0)
-        want += float((p * (p.log() - math.log(0.5))).sum())
-    assert similarity_distillation(s, t, tau).item() == pytest.approx(want / 3, rel=1e-5)
+    p = torch.softmax(torch.tensor([-1.0, 1.0]) / math.sqrt(2) / tau, 0)
+    want = 2 * float((p * (2 * p).log()).sum()) / 3
+    assert similarity_distillation(s, t, tau).item() == pytest.approx(want, rel=1e-5)
+    # the same descriptors in student and teacher give zero
+    a = torch.randn(6, 5)
+    assert similarity_distillation(a, a).item() == pytest.approx(0.0, abs=1e-6)
     # different descriptor sizes are fine; the teacher gets no gradient
     sg, tg = torch.randn(5, 8, requires_grad=True), torch.randn(5, 3, requires_grad=True)
     similarity_distillation(sg, tg).backward()

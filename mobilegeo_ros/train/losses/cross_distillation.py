@@ -15,9 +15,13 @@ distance are not stated (GAP). Our defaults (config values, hypotheses):
 * similarity term, for teachers without a classifier for our locations (the pretrained teachers of
   :mod:`mobilegeo_ros.train.teachers`): not in the papers (which distil logits); ours replaces the logit term. The
   in-batch similarity structure of the teacher's descriptors is distilled into the student's embedding (relational
-  KD, Park et al. CVPR 2019, in its softmax form): per row i, ``KL(softmax(t̂_i·t̂_j/τ) ‖ softmax(ŝ_i·ŝ_j/τ))`` over
-  j ≠ i, averaged over rows; unit vectors, so the term is scale-free and independent of the two descriptor sizes.
-  τ = 0.1 (hypothesis, ``train.sim_kd_temperature``).
+  KD, Park et al. CVPR 2019, in a softmax form): per row i, the cosine similarities to the other rows j ≠ i are
+  standardised (``z = (r − mean)/std`` over the row) and ``KL(softmax(z_T,i/τ) ‖ softmax(z_S,i/τ))`` is averaged
+  over rows. Unit vectors and standardised rows make the term independent of the descriptors' scale and size and
+  of each network's similarity offset and spread (generic CNN descriptors put every pair at cosine 0.8-0.98,
+  geoembed at 0.74 ± 0.12: measured on synthetic tiles), so only the ranking structure is taught.
+  τ = 1 (hypothesis, ``train.sim_kd_temperature``); measured at initialisation on 16 synthetic images: 0.26-0.71
+  for the five teachers, the scale of InfoNCE (1.5).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ def logit_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 
 def similarity_distillation(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor,
-                            temperature: float = 0.1) -> torch.Tensor:
-    """Row-averaged ``KL(softmax(T_i/τ) ‖ softmax(S_i/τ))`` of the off-diagonal cosine similarities.
+                            temperature: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+    """Row-averaged ``KL(softmax(z_T,i/τ) ‖ softmax(z_S,i/τ))`` of the standardised off-diagonal cosine similarities
+    (module docstring; a constant row, std < ``eps``, becomes uniform).
 
     ``student_embedding``: N×D_s, ``teacher_embedding``: N×D_t (same N rows, same images; any D); both are
     L2-normalised here; the teacher is detached. N ≥ 3. Returns a scalar tensor (0 when the structures agree).
@@ -54,10 +59,14 @@ def similarity_distillation(student_embedding: torch.Tensor, teacher_embedding: 
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=student_embedding.device)
     s = F.normalize(student_embedding.float(), dim=1)
     t = F.normalize(teacher_embedding.detach().float(), dim=1)
-    sim_s = (s @ s.T)[off_diagonal].view(n, n - 1) / temperature
-    sim_t = (t @ t.T)[off_diagonal].view(n, n - 1) / temperature
-    return F.kl_div(F.log_softmax(sim_s, dim=1), F.log_softmax(sim_t, dim=1), reduction="batchmean",
-                    log_target=True)
+
+    def standardised_rows(unit: torch.Tensor) -> torch.Tensor:
+        rows = (unit @ unit.T)[off_diagonal].view(n, n - 1)
+        centred = rows - rows.mean(dim=1, keepdim=True)
+        return centred / rows.std(dim=1, keepdim=True).clamp_min(eps) / temperature
+
+    return F.kl_div(F.log_softmax(standardised_rows(s), dim=1), F.log_softmax(standardised_rows(t), dim=1),
+                    reduction="batchmean", log_target=True)
 
 
 class FeatureDistillation(nn.Module):
