@@ -106,7 +106,8 @@ def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, 
     cfg = cfg or Config()
     start = init_weights or cfg.model.weights or ""  # "" = ImageNet: the measured start (see the module docstring)
     with_teacher = {**ADAPT_TEACHER_RECIPE, "teacher": teacher} if teacher else {}
-    recipe = {**ADAPT_RECIPE, **with_teacher, "data_root": str(map_path), "init_weights": str(start), "max_time_s": 60.0 * minutes,
+    recipe = {**ADAPT_RECIPE, **with_teacher, "data_root": str(map_path), "init_weights": str(start),
+              "max_time_s": 60.0 * minutes,
               "max_steps": max(1, int(math.ceil(minutes * STEPS_PER_MINUTE_CPU))), **(overrides or {})}
     core = {k: v for k, v in to_dict(cfg).items() if k != "node"}
     run_dir = Path(run_dir)

@@ -9,8 +9,9 @@ with a GradScaler on CUDA, gradient clipping by value.
 
 Run directory (every file written atomically):
 ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON line per ``log_every`` steps: step, epoch, lr,
-every loss term, its weighted share ``weighted_<term>`` of the total, seconds), ``checkpoint.safetensors`` (network + loss parameters) with ``trainer_state.pt``
-(optimizer, scheduler, scaler, step, epoch, PALW state; loaded ``weights_only``) for ``--resume``,
+every loss term, its weighted share ``weighted_<term>`` of the total, seconds), ``checkpoint.safetensors``
+(network + loss parameters) with ``trainer_state.pt`` (optimizer, scheduler, scaler, step, epoch, PALW state; loaded
+``weights_only``) for ``--resume``,
 ``model.safetensors`` (the full trained network, e.g. a teacher for distillation), ``student.safetensors`` for a
 student (the deployable ``mobilenetv2_gem`` weights: ``model.weights`` of the node/CLI; with ``train.wise_alpha`` < 1
 the WiSE-FT interpolation with the init, the fine-tuned end in ``student_finetuned.safetensors``) and ``eval.json``

