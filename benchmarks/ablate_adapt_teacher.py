@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(2)
-    out = Path(args.out) / f"run-{int(time.time())}"
+    out = Path(args.out)  # indexes cached in out/cache across invocations; each invocation adapts in its own run-*
+    runs = out / f"run-{int(time.time())}"
     cfg = base_config(args.rotations or None)
     wv2 = dgsamples.scene("wv2")
     train_cfg = dataclasses.replace(cfg, map=dataclasses.replace(cfg.map, pansharpen_with=str(wv2.pan)))
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         overrides, uses_teacher = VARIANTS[name]
         overrides = {**overrides, **({"teacher": args.teacher} if uses_teacher else {}), **extra}
-        run_dir = out / f"adapt-{name.replace(' ', '_').replace('+', 'plus')}"
+        run_dir = runs / f"adapt-{name.replace(' ', '_').replace('+', 'plus')}"
         t0 = time.perf_counter()
         weights = adapt(wv2.mul, run_dir, train_cfg, minutes=args.minutes, overrides=overrides, progress=False)
         seconds = time.perf_counter() - t0
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
             teacher_gflops = torch_flops(load_teacher(args.teacher), STUDENT_PX) / 1e9
         c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=str(weights)))
-        rows.append({"variant": name, **retrieval_row(out, f"adapted-{name}", c, args.views, args.seed),
+        rows.append({"variant": name, **retrieval_row(runs, f"adapted-{name}", c, args.views, args.seed),
                      "steps": steps, "adapt_s": seconds, "terms": mean_weighted_terms(run_dir / "metrics.jsonl"),
                      "teacher_GFLOPs": teacher_gflops if uses_teacher else None})
         print(json.dumps(rows[-1]), flush=True)
