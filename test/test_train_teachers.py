@@ -132,6 +132,8 @@ def test_unknown_teacher_and_config_errors():
     with pytest.raises(ConfigError, match="one teacher, not both"):
         run_config_from_dict({"train": {"preset": "student-hdcvgl", "teacher": "imagenet-mbv2",
                                         "teacher_checkpoint": "x.safetensors"}})
+    with pytest.raises(ConfigError, match="would not be used"):
+        run_config_from_dict({"train": {"preset": "student-csphd", "teacher": "xfeat-gem"}})
     with pytest.raises(ConfigError, match="feat_kd_distance"):
         run_config_from_dict({"train": {"feat_kd_distance": "l1"}})
 

@@ -138,6 +138,9 @@ class TrainConfig:
                 raise ConfigError(f"train.teacher: {self.teacher!r} is not one of {', '.join(TEACHERS)}")
             if self.teacher_checkpoint:
                 raise ConfigError("train.teacher and train.teacher_checkpoint: give one teacher, not both")
+            if self.kd_weight <= 0 and self.feat_kd_weight <= 0:
+                raise ConfigError(f"train.teacher {self.teacher!r} would not be used: kd_weight and feat_kd_weight "
+                                  "are 0 (use the preset student-hdcvgl, or set one of them)")
         if self.network == "student" and (self.kd_weight > 0 or self.feat_kd_weight > 0) \
                 and not (self.teacher_checkpoint or self.teacher):
             raise ConfigError(f"train.teacher_checkpoint: preset {self.preset!r} distils from a teacher; name a "
