@@ -16,7 +16,7 @@ Heading (``index.heading``):
 
 Refinement (``refine.enabled``, :mod:`mobilegeo_ros.estimator.refine`): the newest view is registered with local
 features and a homography against the orthophoto around the ``refine.top_k`` best tiles (the map the index was cut
-from, read once on first use). The verified candidate with the most inliers gives a metre-level position, the heading
+from, read window by window). The verified candidate with the most inliers gives a metre-level position, the heading
 and a covariance from the inlier geometry; candidates failing verification are rejected; two verified candidates that
 disagree give no fix; when none verifies there is no fix either (``refine.fallback: no_fix``, the default) or the
 retrieval fix with its larger sigma (``refine.fallback: retrieval``).

@@ -29,6 +29,7 @@ from std_msgs.msg import Float64  # noqa: E402
 from mobilegeo_ros.geo.enu import LocalENU  # noqa: E402
 from mobilegeo_ros.io.images import encode_compressed, encode_image  # noqa: E402
 from mobilegeo_ros.ros.node import LocalizeNode  # noqa: E402
+from ros_harness import wait_for  # noqa: E402
 from synthetic_world import render_views, synthetic_setup  # noqa: E402
 
 DOMAIN_ID = 61
@@ -91,15 +92,7 @@ class Harness:
                 box.append(msg)
         return cb
 
-    @staticmethod
-    def wait(pred, timeout, what):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            value = pred()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    wait = staticmethod(wait_for)  # the shared bounded wait (test/ros_harness.py)
 
     def wait_stamped(self, box, sec, timeout=30.0):
         """The message answering the image stamped (sec, IMAGE_NANOSEC); the 1 Hz stale NO_FIX messages are stamped
