@@ -840,6 +840,11 @@ def main(args: list[str] | None = None) -> int:
             node = LocalizeNode()
             node.start()
         except StartupError as e:
+            if signals.requested:
+                # The shutdown signal came first and a library turned it into its own error (a compiled module's
+                # initialisation interrupted by it raises ImportError, e.g. onnxruntime's): shut down, refuse nothing.
+                rclpy.logging.get_logger(NODE_NAME).info(f"{signals.requested}: shutting down during start-up")
+                return 0
             rclpy.logging.get_logger(NODE_NAME).fatal(f"start-up refused: {e}")
             return 2
         signals.start_up_done()
