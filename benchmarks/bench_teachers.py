@@ -33,23 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobilegeo_ros.config import Config  # noqa: E402
 from mobilegeo_ros.demo import run_demo  # noqa: E402
-from mobilegeo_ros.model.flops import torch_flops, torch_params  # noqa: E402
+from mobilegeo_ros.model.flops import torch_flops, torch_images_per_s, torch_params  # noqa: E402
 from mobilegeo_ros.train.teachers import TEACHERS, TeacherEmbeddingModel, load_teacher  # noqa: E402
 
 STUDENT_PX = 224
-
-
-def images_per_s(module: torch.nn.Module, input_px: int = STUDENT_PX, n: int = 10) -> float:
-    """Batch-1 forward passes per second of ``module`` on a B×3×S×S input (after 2 warm-up passes)."""
-    p = next(module.parameters())
-    x = torch.randn(1, 3, input_px, input_px, device=p.device)
-    with torch.inference_mode():
-        for _ in range(2):
-            module(x)
-        t = time.perf_counter()
-        for _ in range(n):
-            module(x)
-    return n / (time.perf_counter() - t)
 
 
 def retrieval_row(out: Path, name: str, cfg: Config, views: int, seed: int, model=None) -> dict:
@@ -73,7 +60,7 @@ def teacher_row(name: str, out: Path, cfg: Config, views: int, seed: int, device
     """Zero-shot retrieval, FLOPs, parameters and CPU speed of one named teacher."""
     teacher = load_teacher(name)
     cost = {"GFLOPs_224": torch_flops(teacher, STUDENT_PX) / 1e9, "params_M": torch_params(teacher) / 1e6,
-            "cpu_img_s": images_per_s(teacher)}
+            "cpu_img_s": torch_images_per_s(teacher, STUDENT_PX)}
     if device != "cpu":
         teacher = teacher.to(device)
     row = retrieval_row(out, f"teacher-{name}", cfg, views, seed, TeacherEmbeddingModel(teacher, STUDENT_PX))
@@ -88,7 +75,7 @@ def student_row(out: Path, cfg: Config, views: int, seed: int, weights: str, lab
     net = ImageNetMobileNetV2Teacher()  # the deployed network's architecture: same FLOPs and speed
     return {"model": label, **retrieval_row(out, label, c, views, seed),
             "GFLOPs_224": torch_flops(net, STUDENT_PX) / 1e9, "params_M": torch_params(net) / 1e6,
-            "cpu_img_s": images_per_s(net), "teacher_px": STUDENT_PX, "dim": 1280}
+            "cpu_img_s": torch_images_per_s(net, STUDENT_PX), "teacher_px": STUDENT_PX, "dim": 1280}
 
 
 def format_rows(rows: list[dict], reference_gflops: float | None) -> str:

@@ -274,12 +274,12 @@ class Localizer:
     def localize_queries(self, queries: np.ndarray, priors: Priors | None = None, image: np.ndarray | None = None,
                          query_angles: list[float] | None = None) -> Fix:
         """Search the index with query vectors from :meth:`query_vectors` and finish the fix (``image``: the newest
-        view, registered against the map when given and ``refine.enabled``)."""
+        view, registered against the map when given and ``refine.enabled``). ``views_used`` is left to the caller,
+        which knows how many views the queries fused."""
         t0 = time.perf_counter()
         fix = self._search_and_finish(np.asarray(queries, np.float32), priors or Priors(), image,
                                       query_angles=query_angles)
         fix.latency_s = time.perf_counter() - t0
-        fix.views_used = 1
         return fix
 
     def localize_embeddings(self, embeddings: np.ndarray, priors: Priors | None = None,

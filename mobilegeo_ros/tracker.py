@@ -424,8 +424,8 @@ class Tracker:
         noise image when ``refine.enabled`` is false and no map is read) goes through :meth:`process` (retrieval,
         registration, pose, filter) and a second view ``WARM_UP_STEP_M`` east is tracked (optical flow). Last,
         :meth:`reset` forgets the track, the filter, the window, the counts and any keyframe job (waited for up to
-        ``timeout_s``): the warm-up leaves nothing
-        behind. Exceptions (an unreadable map, a map-feature cache of another map) propagate.
+        ``timeout_s``): the warm-up leaves nothing behind. Exceptions (an unreadable map, a map-feature cache of another
+        map) propagate.
         """
         t0 = time.perf_counter()
         cam = CameraModel.from_config(self.cfg.render)

@@ -17,8 +17,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 def resolve_backend(model_cfg: ModelConfig) -> str:
     """The backend ``model_cfg.backend`` stands for: ``auto`` is onnxruntime for fp32 on the CPU when it is
-    installed (the fastest CPU backend: ~6× eager torch measured here, docs/deployment.md), else torch (CUDA,
-    fp16, or no onnxruntime); any other value is itself."""
+    installed (the fastest CPU backend: ~6× eager torch on 2 CPU cores in the issue-15 measurement; ``mobilegeo
+    bench`` prints both), else torch (CUDA, fp16, or no onnxruntime); any other value is itself."""
     if model_cfg.backend != "auto":
         return model_cfg.backend
     cpu_fp32 = model_cfg.device == "cpu" and model_cfg.precision == "fp32"
@@ -31,8 +31,7 @@ def load_model(model_cfg: ModelConfig | None = None) -> EmbeddingModel:
     ``model_cfg.backend``: auto (:func:`resolve_backend`), torch (CPU/CUDA, fp16 on CUDA), onnxruntime (CPU; CUDA
     provider when installed) or tensorrt (CUDA; fp16/int8 engines). Raises :class:`ModelError` for an unknown model,
     backend or precision, missing/corrupt weights, an unavailable device, or a backend whose package is not installed
-    (the message names
-    the package and how to install it).
+    (the message names the package and how to install it).
     """
     cfg = model_cfg if model_cfg is not None else ModelConfig()
     if cfg.precision not in PRECISIONS:

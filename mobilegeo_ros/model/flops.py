@@ -1,4 +1,4 @@
-"""FLOPs and parameter counts of the embedding networks, for the benchmark tables.
+"""FLOPs, parameter counts and batch-1 speed of the embedding networks, for the benchmark tables.
 
 FLOPs count multiply-adds of convolutions and matrix products as 2 operations, as ``torch.utils.flop_counter``
 does (element-wise ops, pooling and normalisation are not counted by either). :func:`onnx_flops` applies the same rule
@@ -22,6 +22,24 @@ def torch_flops(module, input_px: int, batch: int = 1) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(x)
     return int(counter.get_total_flops())
+
+
+def torch_images_per_s(module, input_px: int, n: int = 10, warmup: int = 2) -> float:
+    """Batch-1 forward passes per second of ``module`` (as it is: put it in eval mode first) on a 1×3×S×S random
+    input on its parameters' device, timed over ``n`` passes after ``warmup`` untimed ones."""
+    import time
+
+    import torch
+
+    p = next(module.parameters())
+    x = torch.randn(1, 3, input_px, input_px, device=p.device)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            module(x)
+        t = time.perf_counter()
+        for _ in range(n):
+            module(x)
+    return n / (time.perf_counter() - t)
 
 
 def torch_params(module) -> int:
@@ -73,4 +91,4 @@ def onnx_flops(onnx_path: Path, input_shape: tuple[int, ...]) -> int:
     return int(total)
 
 
-__all__ = ["onnx_flops", "onnx_params", "torch_flops", "torch_params"]
+__all__ = ["onnx_flops", "onnx_params", "torch_flops", "torch_images_per_s", "torch_params"]
