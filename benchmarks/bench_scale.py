@@ -152,7 +152,7 @@ def dir_mib(path: Path) -> float:
 def evaluate(index_dir: Path, cfg: Config, n_views: int, seed: int, gate_radius_m: float, prior_error_m: float,
              yaw_sigma_deg: float | None = None) -> dict:
     """R@k, fixes and latencies of ``n_views`` WV-3 views, without and with a gate."""
-    from mobilegeo_ros.eval.localization import recall_at_k, tile_contains
+    from mobilegeo_ros.eval.localization import recall_at_k, summarize_errors, tile_contains
     from mobilegeo_ros.geo import dgsamples
     from mobilegeo_ros.geo.render import CameraModel, image_to_ground, photometric, random_poses, render_view
     from mobilegeo_ros.localizer import Localizer, Priors
@@ -165,7 +165,7 @@ def evaluate(index_dir: Path, cfg: Config, n_views: int, seed: int, gate_radius_
     poses = random_poses(drone_map, n_views, rng, cfg.render, camera)
     out = {}
     for gated in (False, True):
-        hits, fixes, wrong, errors, search_ms, rows_searched = [], 0, 0, [], [], []
+        hits, errors, sigmas, is_fix, search_ms, rows_searched = [], [], [], [], [], []
         prior_rng = np.random.default_rng(seed + 1)
         view_rng = np.random.default_rng(seed + 2)
         yaw_rng = np.random.default_rng(seed + 3)
@@ -190,14 +190,16 @@ def evaluate(index_dir: Path, cfg: Config, n_views: int, seed: int, gate_radius_
             hits.append(tile_contains(cols["center_e"][ranked], cols["center_n"][ranked], cols["size_m"][ranked],
                                       float(ce), float(cn)))
             fix = loc.localize_queries(queries, priors, image, angles)
-            if fix.status.is_fix:
-                fixes += 1
-                err = math.hypot(fix.easting - pose.easting, fix.northing - pose.northing)
-                errors.append(err)
-                wrong += err > 50.0
+            is_fix.append(fix.status.is_fix)  # errors to the drone's position, not the image centre's ground point
+            errors.append(math.hypot(fix.easting - pose.easting, fix.northing - pose.northing) if is_fix[-1]
+                          else math.nan)
+            sigmas.append(fix.sigma_m if is_fix[-1] else math.nan)
+        summary = summarize_errors(np.array(errors), np.array(sigmas), np.array(is_fix, bool))
         out["gate" if gated else "no_gate"] = {
-            **recall_at_k(hits, (1, 5, 10)), "fix_rate": fixes / n_views, "wrong_fixes": int(wrong),
-            "median_error_m": float(np.median(errors)) if errors else None,
+            **recall_at_k(hits, (1, 5, 10)), "fix_rate": summary.fix_rate,
+            "wrong_fixes": summary.wrong_confident_fixes,
+            "median_error_m": summary.median_error_m if summary.fixes else None,
+            "within_2sigma": summary.within_2sigma_fraction if summary.fixes else None,
             "search_ms_p50": float(np.percentile(search_ms, 50)), "search_ms_p95": float(np.percentile(search_ms, 95)),
             "rows_searched_median": float(np.median(rows_searched))}
     return out
@@ -286,18 +288,23 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     print(f"\nmachine: {os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f} (shared; timings indicative)")
     print("| km² | tiles × rot | kind | build | emb/s | build peak RSS | index | node start (RSS) | "
-          "localize peak RSS | R@1/5/10 | fix rate | wrong | search p50 | R@1/5/10 gated | fix rate gated | "
-          "wrong gated | search p50 gated (rows) |")
-    print("|" + "---|" * 17)
+          "localize peak RSS | R@1/5/10 | fix rate | wrong | within 2σ | search p50 | R@1/5/10 gated | "
+          "fix rate gated | wrong gated | within 2σ gated | search p50 gated (rows) |")
+    print("|" + "---|" * 19)
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.0f} %"
+
     for r in results:
         a, b = r["no_gate"], r["gate"]
         print(f"| {r['area_km2']} | {r['tiles']} × {r['vectors'] // r['tiles']} | {r['kind']} | {r['build_s']:.0f} s | "
               f"{r['embeddings_per_s']:.0f} | {r['build_peak_rss_mib']:.0f} MiB | {r['index_mib']:.1f} MiB | "
               f"{r['node_start_s']:.1f} s ({r['node_start_rss_mib']:.0f} MiB) | {r['eval_peak_rss_mib']:.0f} MiB | "
               f"{a['recall@1']:.0f}/{a['recall@5']:.0f}/{a['recall@10']:.0f} % | {100 * a['fix_rate']:.0f} % | "
-              f"{a['wrong_fixes']} | {a['search_ms_p50']:.1f} ms | "
+              f"{a['wrong_fixes']} | {pct(a['within_2sigma'])} | {a['search_ms_p50']:.1f} ms | "
               f"{b['recall@1']:.0f}/{b['recall@5']:.0f}/{b['recall@10']:.0f} % | {100 * b['fix_rate']:.0f} % | "
-              f"{b['wrong_fixes']} | {b['search_ms_p50']:.1f} ms ({b['rows_searched_median']:.0f}) |")
+              f"{b['wrong_fixes']} | {pct(b['within_2sigma'])} | {b['search_ms_p50']:.1f} ms "
+              f"({b['rows_searched_median']:.0f}) |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
